@@ -1,0 +1,232 @@
+"""tf.data input pipeline: TFRecords of the schema -> static-shaped numpy batches.
+
+Every model consumes the same batch dictionary (B = batch size, T = the
+model's clip grid ``dataset.max_video_len``, L = ``dataset.max_query_len``,
+E = 3 * L edges, G = ``dataset.max_gt_spans``):
+
+| key               | shape / dtype      | meaning                                                    |
+|-------------------|--------------------|------------------------------------------------------------|
+| video_feats       | [B, T, D] float32  | clip features, resampled or padded to T                    |
+| video_mask        | [B, T] float32     | 1 for real clips (always a prefix)                         |
+| query_tokens      | [B, L] int32       | word ids (0 padding, 1 out of vocabulary)                  |
+| query_mask        | [B, L] float32     | 1 for real words (prefix)                                  |
+| edge_senders      | [B, E] int32       | query graph: sending word (local index)                    |
+| edge_receivers    | [B, E] int32       | receiving word (local index)                               |
+| edge_labels       | [B, E] int32       | dependency label id (``text.DEPENDENCY_LABELS``)           |
+| edge_directions   | [B, E] int32       | 0 dependent->head, 1 head->dependent, 2 self loop          |
+| edge_mask         | [B, E] float32     | 1 for real edges                                           |
+| gt_span           | [B, 2] float32     | first ground-truth span as a fraction of the duration      |
+| gt_spans          | [B, G, 2] float32  | all ground-truth spans in seconds                          |
+| gt_spans_mask     | [B, G] float32     | 1 for real spans                                           |
+| duration          | [B] float32        | seconds                                                    |
+| example_mask      | [B] float32        | 0 for the padding examples that fill the last eval batch   |
+| qid, vid, query   | [B] bytes          | host-side identifiers (never sent to the device)           |
+| query_type        | [B] bytes          | template / query category                                  |
+
+The edge budget is fixed: slot i holds the arc word i -> head(i), slot L + i the
+reverse arc, slot 2L + i word i's self loop; arcs whose head was truncated
+away are masked. The fraction-of-duration convention makes spans independent of
+the grid: in ``pad`` mode the valid clips cover the whole video, in
+``resample`` mode all T clips do.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from jvmr.data import schema, text
+
+HOST_KEYS = ("qid", "vid", "query", "query_type")
+
+
+def resample_features_np(feats: np.ndarray, num_clips: int) -> np.ndarray:
+    """Mean-pools [T, D] features over ``num_clips`` linspace bins (repeats when T < num_clips).
+
+    This is the resampling of the official CMIN / VSLNet / 2D-TAN loaders.
+    """
+    t = feats.shape[0]
+    idx = np.round(np.linspace(0, t, num_clips + 1)).astype(np.int64)
+    start = np.minimum(idx[:-1], t - 1)
+    end = np.minimum(np.maximum(idx[1:], start + 1), t)
+    cs = np.concatenate([np.zeros((1, feats.shape[1]), np.float64), np.cumsum(feats, 0, dtype=np.float64)])
+    return ((cs[end] - cs[start]) / (end - start)[:, None]).astype(np.float32)
+
+
+def _resample_features(feats, num_clips: int):
+    import tensorflow as tf
+    t = tf.shape(feats)[0]
+    idx = tf.cast(tf.round(tf.linspace(tf.constant(0.0, tf.float64), tf.cast(t, tf.float64), num_clips + 1)), tf.int32)
+    start = tf.minimum(idx[:-1], t - 1)
+    end = tf.minimum(tf.maximum(idx[1:], start + 1), t)
+    cs = tf.concat([tf.zeros([1, tf.shape(feats)[1]], tf.float64),
+                    tf.cumsum(tf.cast(feats, tf.float64), axis=0)], axis=0)
+    pooled = (tf.gather(cs, end) - tf.gather(cs, start)) / tf.cast(end - start, tf.float64)[:, None]
+    return tf.cast(pooled, tf.float32)
+
+
+def _fit_video(feats, num_clips: int, sampling: str):
+    """Returns ([num_clips, D] features, [num_clips] mask)."""
+    import tensorflow as tf
+    t = tf.shape(feats)[0]
+    if sampling == "resample":
+        return _resample_features(feats, num_clips), tf.ones([num_clips], tf.float32)
+    if sampling != "pad":
+        raise ValueError(f"dataset.video_sampling must be 'pad' or 'resample', got {sampling!r}")
+
+    def pad():
+        padded = tf.pad(feats, [[0, num_clips - t], [0, 0]])
+        return padded, tf.cast(tf.range(num_clips) < t, tf.float32)
+
+    def shrink():
+        return _resample_features(feats, num_clips), tf.ones([num_clips], tf.float32)
+
+    out, mask = tf.cond(t <= num_clips, pad, shrink)
+    out.set_shape([num_clips, None])
+    mask.set_shape([num_clips])
+    return out, mask
+
+
+def _build_graph(heads, label_ids, num_words, max_len: int):
+    """Fixed-budget edge lists (see module docstring) for one query."""
+    import tensorflow as tf
+    pos = tf.range(max_len, dtype=tf.int32)
+    word_valid = pos < num_words
+    heads = tf.pad(heads[:max_len], [[0, max_len - tf.minimum(tf.shape(heads)[0], max_len)]],
+                   constant_values=-1)
+    label_ids = tf.pad(label_ids[:max_len], [[0, max_len - tf.minimum(tf.shape(label_ids)[0], max_len)]])
+    arc_valid = word_valid & (heads >= 0) & (heads < num_words)
+    safe_heads = tf.where(arc_valid, heads, 0)
+    zeros = tf.zeros_like(pos)
+    senders = tf.concat([tf.where(arc_valid, pos, 0), safe_heads, tf.where(word_valid, pos, 0)], 0)
+    receivers = tf.concat([safe_heads, tf.where(arc_valid, pos, 0), tf.where(word_valid, pos, 0)], 0)
+    labels = tf.concat([tf.where(arc_valid, label_ids, 0), tf.where(arc_valid, label_ids, 0),
+                        tf.where(word_valid, text.DEP_SELF_ID + zeros, 0)], 0)
+    directions = tf.concat([zeros, zeros + 1, zeros + 2], 0)
+    mask = tf.cast(tf.concat([arc_valid, arc_valid, word_valid], 0), tf.float32)
+    return {"edge_senders": senders, "edge_receivers": receivers, "edge_labels": labels,
+            "edge_directions": directions, "edge_mask": mask}
+
+
+def make_preprocess_fn(dataset_config, vocab: list[str]):
+    """Returns the per-record map function (parsed record -> fixed-shape example)."""
+    import tensorflow as tf
+    num_clips = int(dataset_config.max_video_len)
+    max_len = int(dataset_config.max_query_len)
+    max_gt = int(dataset_config.max_gt_spans)
+    feature_dim = int(dataset_config.feature_dim)
+    sampling = str(dataset_config.video_sampling)
+    normalize = bool(dataset_config.get("normalize_features", False))
+    word_table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(vocab), tf.range(len(vocab), dtype=tf.int32)),
+        default_value=text.UNK_ID)
+    label_table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(text.DEPENDENCY_LABELS)),
+                                            tf.range(text.NUM_DEPENDENCY_LABELS, dtype=tf.int32)),
+        default_value=text.DEP_UNK_ID)
+
+    def preprocess(ex):
+        feats = ex["video_features"]
+        check = tf.debugging.Assert(
+            tf.equal(tf.shape(feats)[1], feature_dim),
+            ["video feature dim differs from dataset.feature_dim", feature_dim, "qid", ex["qid"],
+             "vid", ex["vid"], "shape", tf.shape(feats)])
+        with tf.control_dependencies([check]):
+            feats = tf.identity(feats)
+        if normalize:
+            feats = tf.math.l2_normalize(feats, axis=-1)
+        video, video_mask = _fit_video(feats, num_clips, sampling)
+        video = tf.ensure_shape(video, [num_clips, feature_dim])
+
+        tokens = ex["tokens"]
+        num_words = tf.minimum(tf.shape(tokens)[0], max_len)
+        ids = word_table.lookup(tf.strings.lower(tokens))[:max_len]
+        query_tokens = tf.pad(ids, [[0, max_len - num_words]])
+        query_mask = tf.cast(tf.range(max_len) < num_words, tf.float32)
+        graph = _build_graph(ex["dep_heads"], label_table.lookup(tf.strings.lower(ex["dep_labels"])),
+                             num_words, max_len)
+
+        duration = ex["duration"]
+        spans = tf.clip_by_value(ex["gt_spans"], 0.0, duration)
+        num_gt = tf.minimum(tf.shape(spans)[0], max_gt)
+        gt_spans = tf.pad(spans[:max_gt], [[0, max_gt - num_gt], [0, 0]])
+        out = {
+            "video_feats": video, "video_mask": video_mask,
+            "query_tokens": query_tokens, "query_mask": query_mask,
+            "gt_span": spans[0] / duration,
+            "gt_spans": tf.ensure_shape(gt_spans, [max_gt, 2]),
+            "gt_spans_mask": tf.cast(tf.range(max_gt) < num_gt, tf.float32),
+            "duration": duration,
+            "example_mask": tf.constant(1.0),
+            **{k: ex[k] for k in HOST_KEYS},
+        }
+        out.update(graph)
+        return out
+
+    return preprocess
+
+
+def _pad_batch(batch_size: int):
+    """Pads a possibly short batch with masked examples up to ``batch_size``."""
+    import tensorflow as tf
+
+    def pad(batch):
+        n = tf.shape(batch["example_mask"])[0]
+        out = {}
+        for key, value in batch.items():
+            paddings = [[0, batch_size - n]] + [[0, 0]] * (len(value.shape) - 1)
+            padded = tf.pad(value, paddings, constant_values="" if value.dtype == tf.string else 0)
+            out[key] = tf.ensure_shape(padded, [batch_size] + value.shape[1:])
+        return out
+
+    return pad
+
+
+def load_vocabulary(data_dir: str) -> list[str]:
+    return text.read_vocabulary(os.path.join(data_dir, "vocab.txt"))
+
+
+def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, training: bool,
+                 seed: int = 0, vocab: list[str] | None = None, shard_index: int = 0,
+                 num_shards: int = 1):
+    """Builds the tf.data pipeline of one split.
+
+    Training: parse -> preprocess -> cache -> shuffle -> repeat -> batch (drop remainder) -> prefetch.
+    Evaluation: one pass in file order; the last batch is padded with examples whose
+    ``example_mask`` is 0, so every batch has the same static shape.
+    ``shard_index`` / ``num_shards`` split the examples between hosts.
+    """
+    import tensorflow as tf
+    vocab = vocab if vocab is not None else load_vocabulary(data_dir)
+    files = schema.split_files(data_dir, split)
+    ds = tf.data.TFRecordDataset(files)
+    if num_shards > 1:
+        ds = ds.shard(num_shards, shard_index)
+    ds = ds.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(make_preprocess_fn(dataset_config, vocab), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    if training:
+        ds = ds.cache()
+        ds = ds.shuffle(int(dataset_config.get("shuffle_buffer", 10_000)), seed=seed,
+                        reshuffle_each_iteration=True)
+        ds = ds.repeat()
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        ds = ds.batch(batch_size).map(_pad_batch(batch_size))
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = 2
+    ds = ds.with_options(options)
+    return ds.prefetch(2)
+
+
+def as_numpy(ds) -> Iterator[dict[str, np.ndarray]]:
+    """Yields numpy batches of a tf.data pipeline."""
+    return ds.as_numpy_iterator()
+
+
+def device_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drops the host-only string keys from a batch."""
+    return {k: v for k, v in batch.items() if k not in HOST_KEYS}

@@ -1,0 +1,217 @@
+"""The one TFRecord schema for a query-moment example, used by every writer and reader.
+
+One record = one (video, query) pair, stored as a ``tf.train.Example``:
+
+| key                 | type          | meaning                                                   |
+|---------------------|---------------|-----------------------------------------------------------|
+| qid                 | bytes         | unique query id                                           |
+| vid                 | bytes         | video id                                                  |
+| duration            | float         | video duration in seconds                                 |
+| query               | bytes         | the sentence as written                                   |
+| query_type          | bytes         | optional category (TVR: v/t/vt; synthetic: template name) |
+| tokens              | bytes[L]      | lower-cased word tokens                                   |
+| dep_heads           | int64[L]      | index of each token's syntactic head, -1 for the root     |
+| dep_labels          | bytes[L]      | dependency label of the arc token -> head ("root" at root)|
+| gt_spans            | float[2G]     | G >= 1 ground-truth spans [start, end] in seconds, flat   |
+| video_features      | bytes         | float32 [T, D] clip features, little-endian, C order      |
+| video_shape         | int64[2]      | (T, D)                                                    |
+| subtitle_features   | bytes         | optional extra stream, float32 [S, Ds] (empty if absent)  |
+| subtitle_shape      | int64[2]      | (S, Ds), (0, 0) if absent                                 |
+
+Spans are in seconds so that every dataset (frames, fps, clip grids) is
+converted once, at build time; the pipeline maps them to the model's grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+
+class SchemaError(ValueError):
+    """A record that violates the schema; the message names the file and record."""
+
+
+@dataclasses.dataclass
+class Example:
+    """The canonical in-memory query-moment example (what builders produce)."""
+
+    qid: str
+    vid: str
+    duration: float
+    query: str
+    tokens: list[str]
+    dep_heads: list[int]
+    dep_labels: list[str]
+    gt_spans: np.ndarray  # [G, 2] float32 seconds
+    video_features: np.ndarray  # [T, D] float32
+    query_type: str = ""
+    subtitle_features: np.ndarray | None = None  # [S, Ds] float32
+
+    def validate(self, source: str = "<memory>") -> None:
+        """Raises SchemaError naming ``source`` and the qid if the example is malformed."""
+        where = f"{source}: record qid={self.qid!r}"
+        if not self.qid:
+            raise SchemaError(f"{source}: record with empty qid (vid={self.vid!r})")
+        if not (isinstance(self.duration, (int, float)) and math.isfinite(self.duration) and self.duration > 0):
+            raise SchemaError(f"{where}: duration must be a positive finite number, got {self.duration!r}")
+        if not self.tokens:
+            raise SchemaError(f"{where}: empty query {self.query!r}")
+        if not (len(self.tokens) == len(self.dep_heads) == len(self.dep_labels)):
+            raise SchemaError(
+                f"{where}: tokens/dep_heads/dep_labels lengths differ "
+                f"({len(self.tokens)}/{len(self.dep_heads)}/{len(self.dep_labels)})")
+        for h in self.dep_heads:
+            if not -1 <= h < len(self.tokens):
+                raise SchemaError(f"{where}: dependency head {h} outside [-1, {len(self.tokens)})")
+        spans = np.asarray(self.gt_spans, np.float32)
+        if spans.ndim != 2 or spans.shape[1] != 2 or spans.shape[0] < 1:
+            raise SchemaError(f"{where}: gt_spans must be [G>=1, 2], got shape {spans.shape}")
+        if not np.all(np.isfinite(spans)):
+            raise SchemaError(f"{where}: non-finite ground-truth span {spans.tolist()}")
+        if np.any(spans[:, 0] >= spans[:, 1]):
+            raise SchemaError(f"{where}: ground-truth span with start >= end {spans.tolist()}")
+        if np.any(spans[:, 0] < 0) or np.any(spans[:, 1] > self.duration + 1e-3):
+            raise SchemaError(f"{where}: span {spans.tolist()} outside the video [0, {self.duration}]")
+        feats = np.asarray(self.video_features)
+        if feats.ndim != 2 or feats.shape[0] < 1 or feats.shape[1] < 1:
+            raise SchemaError(f"{where}: video_features must be [T>=1, D>=1], got shape {feats.shape}")
+        if not np.all(np.isfinite(feats)):
+            raise SchemaError(f"{where}: video {self.vid!r} features contain NaN or Inf")
+
+
+def _bytes(values: Sequence[bytes]):
+    import tensorflow as tf
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _floats(values):
+    import tensorflow as tf
+    return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
+
+
+def _ints(values):
+    import tensorflow as tf
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+
+def serialize(example: Example) -> bytes:
+    """Serializes a validated example to ``tf.train.Example`` bytes."""
+    import tensorflow as tf
+    feats = np.ascontiguousarray(example.video_features, dtype="<f4")
+    sub = example.subtitle_features
+    sub = np.zeros((0, 0), "<f4") if sub is None else np.ascontiguousarray(sub, dtype="<f4")
+    feature = {
+        "qid": _bytes([example.qid.encode()]),
+        "vid": _bytes([example.vid.encode()]),
+        "duration": _floats([float(example.duration)]),
+        "query": _bytes([example.query.encode()]),
+        "query_type": _bytes([example.query_type.encode()]),
+        "tokens": _bytes([t.encode() for t in example.tokens]),
+        "dep_heads": _ints([int(h) for h in example.dep_heads]),
+        "dep_labels": _bytes([label.encode() for label in example.dep_labels]),
+        "gt_spans": _floats(np.asarray(example.gt_spans, np.float32).reshape(-1).tolist()),
+        "video_features": _bytes([feats.tobytes()]),
+        "video_shape": _ints(list(feats.shape)),
+        "subtitle_features": _bytes([sub.tobytes()]),
+        "subtitle_shape": _ints(list(sub.shape)),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def feature_spec():
+    """The ``tf.io.parse_single_example`` spec of the schema."""
+    import tensorflow as tf
+    return {
+        "qid": tf.io.FixedLenFeature([], tf.string),
+        "vid": tf.io.FixedLenFeature([], tf.string),
+        "duration": tf.io.FixedLenFeature([], tf.float32),
+        "query": tf.io.FixedLenFeature([], tf.string),
+        "query_type": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "tokens": tf.io.VarLenFeature(tf.string),
+        "dep_heads": tf.io.VarLenFeature(tf.int64),
+        "dep_labels": tf.io.VarLenFeature(tf.string),
+        "gt_spans": tf.io.VarLenFeature(tf.float32),
+        "video_features": tf.io.FixedLenFeature([], tf.string),
+        "video_shape": tf.io.FixedLenFeature([2], tf.int64),
+        "subtitle_features": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "subtitle_shape": tf.io.FixedLenFeature([2], tf.int64, default_value=[0, 0]),
+    }
+
+
+def parse(serialized):
+    """Parses one serialized record into dense tensors (variable lengths kept)."""
+    import tensorflow as tf
+    ex = tf.io.parse_single_example(serialized, feature_spec())
+    out = {k: ex[k] for k in ("qid", "vid", "duration", "query", "query_type")}
+    out["tokens"] = tf.sparse.to_dense(ex["tokens"], default_value=b"")
+    out["dep_heads"] = tf.cast(tf.sparse.to_dense(ex["dep_heads"]), tf.int32)
+    out["dep_labels"] = tf.sparse.to_dense(ex["dep_labels"], default_value=b"")
+    out["gt_spans"] = tf.reshape(tf.sparse.to_dense(ex["gt_spans"]), [-1, 2])
+    shape = tf.cast(ex["video_shape"], tf.int32)
+    out["video_features"] = tf.reshape(tf.io.decode_raw(ex["video_features"], tf.float32), shape)
+    sub_shape = tf.cast(ex["subtitle_shape"], tf.int32)
+    out["subtitle_features"] = tf.reshape(tf.io.decode_raw(ex["subtitle_features"], tf.float32), sub_shape)
+    return out
+
+
+def decode(serialized: bytes) -> Example:
+    """Parses one record back into an ``Example`` (host side; used by tests and tools)."""
+    ex = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in parse(serialized).items()}
+    sub = ex["subtitle_features"]
+    return Example(
+        qid=ex["qid"].decode(), vid=ex["vid"].decode(), duration=float(ex["duration"]),
+        query=ex["query"].decode(), query_type=ex["query_type"].decode(),
+        tokens=[t.decode() for t in ex["tokens"]], dep_heads=[int(h) for h in ex["dep_heads"]],
+        dep_labels=[t.decode() for t in ex["dep_labels"]], gt_spans=ex["gt_spans"],
+        video_features=ex["video_features"], subtitle_features=sub if sub.size else None)
+
+
+def shard_paths(output_dir: str, split: str, num_shards: int) -> list[str]:
+    return [os.path.join(output_dir, f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}")
+            for i in range(num_shards)]
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    """The sorted shard files of ``split`` in ``data_dir``; raises if there are none."""
+    import glob
+    files = sorted(glob.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*")))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord shards for split {split!r} in {data_dir}")
+    return files
+
+
+def write_split(examples: Iterable[Example], output_dir: str, split: str, num_shards: int = 1,
+                source: str = "<memory>") -> int:
+    """Validates and writes ``examples`` round-robin into ``num_shards`` files; returns the count."""
+    import tensorflow as tf
+    os.makedirs(output_dir, exist_ok=True)
+    paths = shard_paths(output_dir, split, num_shards)
+    writers = [tf.io.TFRecordWriter(p + ".tmp") for p in paths]
+    seen: set[str] = set()
+    n = 0
+    try:
+        for ex in examples:
+            ex.validate(source)
+            if ex.qid in seen:
+                raise SchemaError(f"{source}: duplicate qid {ex.qid!r} in split {split!r}")
+            seen.add(ex.qid)
+            writers[n % num_shards].write(serialize(ex))
+            n += 1
+    finally:
+        for w in writers:
+            w.close()
+    for p in paths:  # Rename only once everything was written: no half-written splits.
+        os.replace(p + ".tmp", p)
+    return n
+
+
+def read_split(data_dir: str, split: str) -> Iterator[Example]:
+    """Iterates over the examples of a split (host side, for tools and tests)."""
+    import tensorflow as tf
+    for record in tf.data.TFRecordDataset(split_files(data_dir, split)):
+        yield decode(record)

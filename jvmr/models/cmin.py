@@ -1,0 +1,443 @@
+"""CMIN: Cross-Modal Interaction Networks (Zhang, Lin, Zhao & Xiao, SIGIR 2019).
+
+The paper's model is the default; the released code's deviations
+(github.com/ikuinen/CMIN_moment_retrieval) are switches. Equations (seed):
+
+Query (Sec. a, syntactic GCN; see :mod:`jvmr.models.graph`):
+    h^q = BiGRU(word embeddings)
+    g^1 = synGCN(h^q), o^1 = g^1 + h^q;  g^l = synGCN(o^{l-1}), o^l = g^l + o^{l-1}
+Video (Sec. b, multi-head self-attention):
+    V^S = MultiHead(V, V, V) + V        (num_attn_layers times; no FFN / LayerNorm)
+    h^v = BiGRU(V^S)
+Cross-modal interaction (Sec. c):
+    M_ij = softmax_j( w^T tanh(W_1 h^v_i + W_2 o_j + b) ),   h^s_i = sum_j M_ij o_j
+    h~s_i = h^s_i * sigmoid(W^v h^v_i + b^v),   h~v_i = h^v_i * sigmoid(W^s h^s_i + b^s)
+    f_i = ReLU(h~s_i^T W_f h~v_i + b_f)                     (bilinear fusion)
+    h^f = BiGRU(f)
+Localisation (Sec. d): at every step i and anchor width w_k, a confidence
+cs_ik = sigmoid(Conv1d_k=1(h^f)) and boundary offsets (delta_s, delta_e);
+    L_align = -1/(nk) sum_ik (1 - IoU_ik) log(1 - cs_ik) + IoU_ik log(cs_ik)
+    L_reg   = 1/N sum (L1(delta_s - delta^_s) + L1(delta_e - delta^_e)).
+
+Variant switches (see :class:`CMIN`): ``fusion`` ('bilinear' paper, 'lowrank'
+the released but unused Bilinear module, 'concat' the released code = paper's
+"w/o BF"), ``attention_window`` (released: 3), ``gcn_placement`` ('before_rnn'
+= released: GCN on word embeddings, then BiGRU), ``gcn_gate_input``
+('transformed' = released), ``label_mode`` of :func:`loss_fn` ('scaled' =
+released), the paper's ablations ``use_gcn`` / ``use_self_attention`` /
+``use_cross_gate``, and ``query_blind`` (benchmark control: the query is never
+read).
+
+Spans are fractions of the video's *valid* length: the anchor centred on clip
+t with width w (clips) is [(t + 0.5 - w/2) / n, (t + 0.5 + w/2) / n], n = number
+of valid clips (the released code's inclusive frame anchor [t - (w-1)/2,
+t + (w-1)/2]); anchors crossing the valid range are masked, as released.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jvmr.data.text import DEPENDENCY_LABELS
+from jvmr.models.graph import SyntacticGCNStack
+from jvmr.models.layers import AdditiveAttention, BiGRU, MultiHeadAttention, mask_fill
+
+Array = jax.Array
+
+FUSIONS = ("bilinear", "lowrank", "concat")
+GCN_PLACEMENTS = ("after_rnn", "before_rnn")
+LABEL_MODES = ("iou", "scaled")
+MASKED_SCORE = -jnp.inf  # score of masked anchors in predict_fn: never ranked, never kept.
+
+default_embed_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class CrossGate(nn.Module):
+    """Cross gate: each modality gates the other.
+
+        h~s_i = h^s_i * sigmoid(W^v h^v_i + b^v),   h~v_i = h^v_i * sigmoid(W^s h^s_i + b^s)
+    """
+
+    @nn.compact
+    def __call__(self, video: Array, query: Array) -> tuple[Array, Array]:
+        """Args: video h^v [B, T, Dv]; query h^s [B, T, Ds]. Returns (h~s [B, T, Ds], h~v [B, T, Dv])."""
+        gated_query = query * jax.nn.sigmoid(nn.Dense(query.shape[-1], name="video_to_query")(video))
+        gated_video = video * jax.nn.sigmoid(nn.Dense(video.shape[-1], name="query_to_video")(query))
+        return gated_query, gated_video
+
+
+class BilinearFusion(nn.Module):
+    """Full bilinear fusion f = ReLU(x^T W_f y + b_f) with W_f of shape [F, Dx, Dy].
+
+    Memory note: the contraction materialises a [B, T, F, D] intermediate.
+
+    Attributes:
+      features: output size F.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array) -> Array:
+        """Args: x [..., Dx] (h~s); y [..., Dy] (h~v). Returns [..., features]."""
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=0),
+            (self.features, x.shape[-1], y.shape[-1]),
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return jax.nn.relu(jnp.einsum("...i,kij,...j->...k", x, kernel, y, optimize="optimal") + bias)
+
+
+class LowRankBilinearFusion(nn.Module):
+    """Low-rank bilinear fusion of the released code: f = P(ReLU(U x * V y)).
+
+    Attributes:
+      features: output size (P).
+      rank: size of the U x, V y projections.
+    """
+
+    features: int
+    rank: int
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array) -> Array:
+        """Args: x [..., Dx]; y [..., Dy]. Returns [..., features]."""
+        joint = nn.Dense(self.rank, name="U")(x) * nn.Dense(self.rank, name="V")(y)
+        return nn.Dense(self.features, name="P")(jax.nn.relu(joint))
+
+
+class Fusion(nn.Module):
+    """Fuses the gated query (h~s) and video (h~v) streams.
+
+    Attributes:
+      mode: 'bilinear' (paper, :class:`BilinearFusion`), 'lowrank' (released
+        Bilinear module, :class:`LowRankBilinearFusion`) or 'concat' (released
+        code / "w/o BF": [h~v; h~s], no parameters).
+      features: output size of the (low-rank) bilinear fusions.
+      rank: rank of the low-rank fusion.
+    """
+
+    mode: str
+    features: int
+    rank: int
+
+    @nn.compact
+    def __call__(self, hs: Array, hv: Array) -> Array:
+        """Args: hs [B, T, Ds]; hv [B, T, Dv]. Returns [B, T, features] ([B, T, Dv + Ds] for concat)."""
+        if self.mode == "bilinear":
+            return BilinearFusion(self.features, name="bilinear")(hs, hv)
+        if self.mode == "lowrank":
+            return LowRankBilinearFusion(self.features, self.rank, name="lowrank")(hs, hv)
+        if self.mode == "concat":
+            return jnp.concatenate([hv, hs], axis=-1)  # released: cat([frames1, x1'])
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {self.mode!r}")
+
+
+# ----------------------------------------------------------------------------- anchors
+
+
+def make_anchors(video_mask: Array, anchor_widths: tuple[int, ...]) -> tuple[Array, Array]:
+    """Fixed-width anchors centred on every clip, as fractions of the valid length.
+
+    Args:
+      video_mask: [B, T] prefix mask.
+      anchor_widths: K widths in clips.
+
+    Returns:
+      spans [B, T, K, 2] ([start, end] / n) and mask [B, T, K] (1 where clip t is
+      valid and the anchor lies inside the n valid clips).
+    """
+    t = jnp.arange(video_mask.shape[1], dtype=jnp.int32)[None, :, None]  # [1, T, 1]
+    w = jnp.asarray(anchor_widths, jnp.int32)[None, None, :]  # [1, 1, K]
+    n_int = jnp.sum(video_mask > 0, axis=1).astype(jnp.int32)[:, None, None]  # [B, 1, 1]
+    n = jnp.maximum(n_int, 1).astype(jnp.float32)
+    centre = t.astype(jnp.float32) + 0.5
+    half = w.astype(jnp.float32) / 2.0
+    spans = jnp.stack(jnp.broadcast_arrays((centre - half) / n, (centre + half) / n), axis=-1)
+    # Integer test (doubled units) avoids float round-off at the borders.
+    inside = (2 * t + 1 - w >= 0) & (2 * t + 1 + w <= 2 * n_int) & (t < n_int)
+    return spans, inside.astype(jnp.float32)
+
+
+def temporal_iou(spans: Array, gt: Array) -> Array:
+    """Continuous temporal IoU of [..., 2] spans with broadcastable [..., 2] ground truth."""
+    inter = jnp.maximum(0.0, jnp.minimum(spans[..., 1], gt[..., 1]) - jnp.maximum(spans[..., 0], gt[..., 0]))
+    union = (spans[..., 1] - spans[..., 0]) + (gt[..., 1] - gt[..., 0]) - inter
+    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+
+
+def anchor_labels(anchor_spans: Array, anchor_mask: Array, gt_span: Array, label_mode: str = "iou") -> Array:
+    """Soft alignment targets of the anchors.
+
+    Args:
+      anchor_spans: [B, T, K, 2] fractions.
+      anchor_mask: [B, T, K].
+      gt_span: [B, 2] fractions.
+      label_mode: 'iou' (paper: the IoU itself) or 'scaled' (released code:
+        IoU < 0.3 * max IoU -> 0, then divided by the max IoU over valid anchors,
+        so the best anchor's target is 1).
+
+    Returns:
+      [B, T, K] targets in [0, 1], 0 at masked anchors.
+    """
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    iou = temporal_iou(anchor_spans, gt_span[:, None, None, :]) * (anchor_mask > 0)
+    if label_mode == "iou":
+        return iou
+    best = jnp.max(iou, axis=(1, 2), keepdims=True)
+    kept = jnp.where(iou >= 0.3 * best, iou, 0.0)
+    return kept / jnp.where(best > 0, best, 1.0)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class CMIN(nn.Module):
+    """Cross-Modal Interaction Network.
+
+    Attributes:
+      vocab_size: word vocabulary size (0 = padding, 1 = OOV).
+      num_dep_labels: dependency-label table size.
+      word_dim: word-embedding size.
+      d_model: hidden size d; every BiGRU uses d_model // 2 per direction.
+      num_heads: self-attention heads.
+      num_attn_layers: stacked video self-attention layers.
+      num_gcn_layers: stacked syntactic GCN layers.
+      dropout: dropout rate (word embeddings, video features, GCN outputs, fused features).
+      attention_dropout: dropout on self-attention weights.
+      anchor_widths: K anchor widths in clips of the model's grid.
+      use_gcn: False = ablation "w/o GCN" (no GCN parameters).
+      use_self_attention: False = ablation "w/o SA".
+      use_cross_gate: False = ablation "w/o CG" (identity).
+      fusion: 'bilinear' (paper), 'lowrank' (released Bilinear module) or
+        'concat' (released code / "w/o BF").
+      fusion_dim: output size of the (low-rank) bilinear fusion; None = d_model.
+      attention_window: local self-attention band |i - j| <= window (released: 3); 0 = global.
+      gcn_placement: 'after_rnn' (paper: BiGRU then GCN) or 'before_rnn' (released: GCN on embeddings).
+      gcn_gate_input: 'input' (paper / M&T) or 'transformed' (released).
+      query_blind: control: the query is never read; its representation is a
+        learned constant vector at every word position.
+      fused_rnn: run a BiGRU over the fused sequence (paper and released code).
+      embedding_init: initializer of the word table (hook for GloVe, e.g.
+        ``lambda key, shape, dtype: jnp.asarray(glove, dtype)``).
+      freeze_embeddings: stop gradients into the word table (released code uses fixed GloVe).
+    """
+
+    vocab_size: int
+    num_dep_labels: int = len(DEPENDENCY_LABELS)
+    word_dim: int = 300
+    d_model: int = 256
+    num_heads: int = 4
+    num_attn_layers: int = 2
+    num_gcn_layers: int = 2
+    dropout: float = 0.2
+    attention_dropout: float = 0.0
+    anchor_widths: tuple[int, ...] = (4, 8, 16, 24, 32)
+    use_gcn: bool = True
+    use_self_attention: bool = True
+    use_cross_gate: bool = True
+    fusion: str = "bilinear"
+    fusion_dim: int | None = None
+    attention_window: int = 0
+    gcn_placement: str = "after_rnn"
+    gcn_gate_input: str = "input"
+    query_blind: bool = False
+    fused_rnn: bool = True
+    embedding_init: Callable[..., Any] = default_embed_init
+    freeze_embeddings: bool = False
+
+    def _check(self) -> None:
+        if self.d_model % 2:
+            raise ValueError(f"d_model must be even (BiGRU halves), got {self.d_model}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.gcn_placement not in GCN_PLACEMENTS:
+            raise ValueError(f"gcn_placement must be one of {GCN_PLACEMENTS}, got {self.gcn_placement!r}")
+        if not self.anchor_widths or any(int(w) < 1 for w in self.anchor_widths):
+            raise ValueError(f"anchor_widths must be positive, got {self.anchor_widths!r}")
+
+    def _gcn(self, x: Array, batch: Mapping[str, Array], query_mask: Array, deterministic: bool) -> Array:
+        return SyntacticGCNStack(
+            num_layers=self.num_gcn_layers,
+            num_labels=self.num_dep_labels,
+            gate_input=self.gcn_gate_input,
+            dropout_rate=self.dropout,
+            name="syntactic_gcn",
+        )(
+            x,
+            query_mask,
+            batch["edge_senders"],
+            batch["edge_receivers"],
+            batch["edge_labels"],
+            batch["edge_directions"],
+            batch["edge_mask"],
+            deterministic=deterministic,
+        )
+
+    def encode_query(self, batch: Mapping[str, Array], deterministic: bool) -> tuple[Array, Array]:
+        """Query encoder: embeddings -> BiGRU -> syntactic GCN (or GCN -> BiGRU).
+
+        Returns:
+          (o [B, L, d_model] zero at padded words, its mask [B, L]).
+        """
+        tokens = batch["query_tokens"]
+        b, l = tokens.shape
+        if self.query_blind:
+            const = self.param("blind_query", nn.initializers.normal(1.0), (self.d_model,))
+            return jnp.broadcast_to(const, (b, l, self.d_model)), jnp.ones((b, l), jnp.float32)
+        mask = (batch["query_mask"] > 0).astype(jnp.float32)
+        tokens = jnp.where(mask > 0, tokens, 0)
+        words = nn.Embed(self.vocab_size, self.word_dim, embedding_init=self.embedding_init, name="word_embed")(tokens)
+        if self.freeze_embeddings:
+            words = jax.lax.stop_gradient(words)
+        words = nn.Dropout(self.dropout)(mask_fill(words, mask), deterministic=deterministic)
+        use_gcn = self.use_gcn and self.num_gcn_layers > 0
+        if use_gcn and self.gcn_placement == "before_rnn":
+            words = self._gcn(words, batch, mask, deterministic)
+        h = BiGRU(self.d_model // 2, name="query_rnn")(words, mask)  # h^q
+        if use_gcn and self.gcn_placement == "after_rnn":
+            h = self._gcn(h, batch, mask, deterministic)  # o^L
+        return h, mask
+
+    def encode_video(self, batch: Mapping[str, Array], deterministic: bool) -> Array:
+        """Video encoder: projection -> [MultiHead(V, V, V) + V] x N -> BiGRU; returns h^v [B, T, d_model]."""
+        mask = (batch["video_mask"] > 0).astype(jnp.float32)
+        v = mask_fill(batch["video_feats"].astype(jnp.float32), mask)
+        v = nn.Dropout(self.dropout)(v, deterministic=deterministic)
+        # The released code attends in the raw feature dim (500-d C3D); we project
+        # to d_model first so that the attention width is a model setting.
+        v = nn.Dense(self.d_model, name="video_proj")(v)
+        if self.use_self_attention:
+            for i in range(self.num_attn_layers):
+                v = v + MultiHeadAttention(
+                    num_heads=self.num_heads,
+                    window=self.attention_window,
+                    dropout_rate=self.attention_dropout,
+                    name=f"self_attention_{i}",
+                )(v, key_mask=mask, query_mask=mask, deterministic=deterministic)  # V^S
+        return BiGRU(self.d_model // 2, name="video_rnn")(v, mask)
+
+    @nn.compact
+    def __call__(self, batch: Mapping[str, Array], *, train: bool) -> dict[str, Array]:
+        """Forward pass.
+
+        Args:
+          batch: dict with video_feats [B, T, Dv], video_mask [B, T],
+            query_tokens [B, L], query_mask [B, L], edge_senders / edge_receivers
+            / edge_labels / edge_directions / edge_mask [B, E].
+          train: enables dropout (needs a 'dropout' rng).
+
+        Returns:
+          anchor_logits [B, T, K] (confidence logits; 0 at masked anchors),
+          anchor_offsets [B, T, K, 2] (start/end offsets as fractions; 0 at
+          masked anchors), anchor_spans [B, T, K, 2] (see :func:`make_anchors`),
+          anchor_mask [B, T, K], attention M [B, T, L] (0 at padded frames and
+          words; uniform over all L positions when ``query_blind``).
+        """
+        self._check()
+        det = not train
+        vmask = (batch["video_mask"] > 0).astype(jnp.float32)
+        hv = self.encode_video(batch, det)  # h^v
+        o, qmask = self.encode_query(batch, det)  # o^L
+
+        hs, attention = AdditiveAttention(self.d_model, name="aggregation")(hv, o, key_mask=qmask, query_mask=vmask)
+        if self.use_cross_gate:
+            hs, hv = CrossGate(name="cross_gate")(hv, hs)
+        fusion = Fusion(self.fusion, self.fusion_dim or self.d_model, rank=self.d_model, name="fusion")
+        fused = mask_fill(fusion(hs, hv), vmask)  # f
+        fused = nn.Dropout(self.dropout)(fused, deterministic=det)
+        if self.fused_rnn:
+            fused = BiGRU(self.d_model // 2, name="fusion_rnn")(fused, vmask)  # h^f
+
+        k = len(self.anchor_widths)
+        logits = nn.Dense(k, name="score_head")(fused)
+        offsets = nn.Dense(2 * k, name="offset_head")(fused).reshape(fused.shape[:2] + (k, 2))
+        spans, amask = make_anchors(vmask, tuple(int(w) for w in self.anchor_widths))
+        return {
+            "anchor_logits": logits * amask,
+            "anchor_offsets": offsets * amask[..., None],
+            "anchor_spans": spans,
+            "anchor_mask": amask,
+            "attention": attention,
+        }
+
+
+# ----------------------------------------------------------------------------- loss / predict
+
+
+def loss_fn(
+    outputs: Mapping[str, Array],
+    batch: Mapping[str, Array],
+    *,
+    label_mode: str = "iou",
+    reg_weight: float = 1.0,
+    reg_iou_threshold: float = 0.5,
+) -> tuple[Array, dict[str, Array]]:
+    """CMIN loss: L_align + reg_weight * L_reg.
+
+    L_align: IoU-weighted binary cross-entropy of the confidences against the
+    soft labels (:func:`anchor_labels`), averaged over all valid anchors of the
+    batch. L_reg: L1 between predicted offsets and (gt - anchor) (fractions),
+    summed over start and end and averaged over positive anchors (IoU >=
+    reg_iou_threshold, plus the best valid anchor of every example).
+
+    Args:
+      outputs: :class:`CMIN` outputs.
+      batch: needs gt_span [B, 2].
+      label_mode: 'iou' (paper) or 'scaled' (released code).
+      reg_weight: weight of L_reg.
+      reg_iou_threshold: IoU above which an anchor is regressed.
+
+    Returns:
+      (loss, {'loss', 'align_loss', 'reg_loss'}).
+    """
+    logits = outputs["anchor_logits"]
+    spans = outputs["anchor_spans"]
+    mask = (outputs["anchor_mask"] > 0).astype(logits.dtype)
+    gt = batch["gt_span"].astype(logits.dtype)
+
+    iou = anchor_labels(spans, mask, gt, "iou")
+    labels = iou if label_mode == "iou" else anchor_labels(spans, mask, gt, label_mode)
+    bce = -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+    align = jnp.sum(bce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    b = logits.shape[0]
+    flat_iou = jnp.where(mask > 0, iou, -1.0).reshape(b, -1)
+    best = jax.nn.one_hot(jnp.argmax(flat_iou, axis=-1), flat_iou.shape[-1], dtype=logits.dtype)
+    best = best.reshape(mask.shape) * mask
+    positive = jnp.maximum(mask * (iou >= reg_iou_threshold), best)
+    target = gt[:, None, None, :] - spans
+    l1 = jnp.sum(jnp.abs(outputs["anchor_offsets"] - target), axis=-1)
+    reg = jnp.sum(l1 * positive) / jnp.maximum(jnp.sum(positive), 1.0)
+
+    loss = align + reg_weight * reg
+    return loss, {"loss": loss, "align_loss": align, "reg_loss": reg}
+
+
+def predict_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None = None) -> tuple[Array, Array]:
+    """Scored moment candidates: anchor + offsets, one per (clip, width).
+
+    Args:
+      outputs: :class:`CMIN` outputs.
+      batch: unused (kept for the common predict signature).
+
+    Returns:
+      spans [B, T*K, 2] (fractions of the valid length, clipped to [0, 1],
+      start <= end) and scores [B, T*K] (sigmoid confidences; ``MASKED_SCORE``
+      = -inf for masked anchors: never ranked or kept).
+    """
+    del batch
+    spans = outputs["anchor_spans"] + outputs["anchor_offsets"]
+    spans = jnp.sort(jnp.clip(spans, 0.0, 1.0), axis=-1)
+    scores = jnp.where(outputs["anchor_mask"] > 0, jax.nn.sigmoid(outputs["anchor_logits"]), MASKED_SCORE)
+    b = spans.shape[0]
+    return spans.reshape(b, -1, 2), scores.reshape(b, -1)

@@ -1,0 +1,46 @@
+"""The models jvmr knows, keyed by ``config.model.name``.
+
+Each entry pairs a linen module with the pure functions the shared training
+loop needs:
+  * ``loss_fn(outputs, batch, **config.loss) -> (loss, metrics)``;
+  * ``predict_fn(outputs, batch) -> (spans [B, N, 2], scores [B, N])``, spans as a
+    fraction of the video duration; the host turns them into seconds, applies the
+    evaluation protocol (NMS, top-k) and computes recall.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import ml_collections
+
+from jvmr.data import text
+from jvmr.models import cmin
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    module: type[nn.Module]
+    loss_fn: Callable[..., Any]
+    predict_fn: Callable[..., Any]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn),
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def create_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> nn.Module:
+    """Instantiates the module named by ``model_config.name`` with the block's other keys."""
+    spec = get_model_spec(model_config.name)
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v)
+              for k, v in model_config.to_dict().items() if k != "name"}
+    return spec.module(vocab_size=vocab_size, num_dep_labels=text.NUM_DEPENDENCY_LABELS, **kwargs)

@@ -1,0 +1,380 @@
+"""Training and evaluation loop shared by every model (plain module-level functions).
+
+``train_and_evaluate(config, workdir)`` is the whole job: it prepares the data,
+builds the model named by ``config.model.name`` from the registry, trains it
+with a jitted, buffer-donating step whose batch is sharded over a ('data',)
+device mesh (or with ``jax.pmap`` when ``config.parallelism == 'pmap'``),
+evaluates every ``eval_every_steps`` on the evaluation splits, and checkpoints
+with orbax so that rerunning the same command resumes from the latest step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jvmr import metrics as metrics_lib
+from jvmr import registry
+from jvmr.data import pipeline
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus the root dropout key (folded with the step inside the step)."""
+
+    dropout_rng: jax.Array
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Returns the dataset directory, building the synthetic benchmark there if needed."""
+    ds = config.dataset
+    if ds.name == "synthetic":
+        from jvmr.data import synthetic
+        data_dir = ds.data_dir or os.path.join(workdir, "data")
+        overrides = dict(ds.synthetic.to_dict())
+        overrides["feature_dim"] = int(ds.feature_dim)
+        start = time.time()
+        manifest = synthetic.build(data_dir, synthetic.config_from_dict(overrides))
+        logging.info("Synthetic benchmark ready in %s (%.1fs): %s", data_dir, time.time() - start,
+                     manifest["num_examples"])
+        return data_dir
+    if not ds.data_dir:
+        raise ValueError(f"dataset {ds.name!r} needs --config.dataset.data_dir (built by data_prep)")
+    if not os.path.isdir(ds.data_dir):
+        raise FileNotFoundError(f"dataset.data_dir {ds.data_dir!r} does not exist")
+    return ds.data_dir
+
+
+def read_manifest(data_dir: str) -> dict[str, Any]:
+    path = os.path.join(data_dir, "manifest.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------ model/opt
+
+
+def create_learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
+    """Linear warm-up from ``warmup_init_lr`` then the named decay."""
+    warmup = int(opt.warmup_steps)
+    lr = float(opt.learning_rate)
+    if opt.schedule == "inverse_sqrt":  # fairseq's inverse_square_root (CMIN's released code).
+        decay = lambda step: lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(step + warmup, 1.0))
+    elif opt.schedule == "constant":
+        decay = optax.constant_schedule(lr)
+    elif opt.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(lr, max(num_train_steps - warmup, 1))
+    else:
+        raise ValueError(f"Unknown optimizer.schedule {opt.schedule!r}")
+    if warmup <= 0:
+        return decay
+    ramp = optax.linear_schedule(float(opt.warmup_init_lr), lr, warmup)
+    return optax.join_schedules([ramp, decay], [warmup])
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    opt = config.optimizer
+    schedule = create_learning_rate_schedule(opt, config.num_train_steps)
+    parts = []
+    if opt.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+    if opt.name == "adam":
+        if opt.weight_decay > 0:  # torch.optim.Adam's L2 term, added before the moments.
+            parts.append(optax.add_decayed_weights(opt.weight_decay))
+        parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
+    elif opt.name == "adamw":
+        parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                                 weight_decay=opt.weight_decay))
+    else:
+        raise ValueError(f"Unknown optimizer.name {opt.name!r}")
+    return optax.chain(*parts)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, example_batch: dict[str, np.ndarray],
+                       rng: jax.Array) -> TrainState:
+    init_rng, dropout_rng = jax.random.split(rng)
+    batch = {k: v[:1] for k, v in pipeline.device_batch(example_batch).items()}
+    variables = jax.jit(functools.partial(model.init, train=False))(init_rng, batch)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             tx=create_optimizer(config), dropout_rng=dropout_rng)
+
+
+# ------------------------------------------------------------------------ steps
+
+
+def _loss_and_grads(state: TrainState, batch: dict[str, jax.Array], loss_fn: Callable,
+                    loss_config: dict[str, Any]):
+    rng = jax.random.fold_in(state.dropout_rng, state.step)
+
+    def compute_loss(params):
+        outputs = state.apply_fn({"params": params}, batch, train=True, rngs={"dropout": rng})
+        return loss_fn(outputs, batch, **loss_config)
+
+    (_, step_metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    return step_metrics, grads
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: Callable,
+               loss_config: dict[str, Any], axis_name: str | None = None):
+    """One optimisation step; with ``axis_name`` (pmap) gradients are averaged across devices."""
+    step_metrics, grads = _loss_and_grads(state, batch, loss_fn, loss_config)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        step_metrics = jax.lax.pmean(step_metrics, axis_name)
+    step_metrics = dict(step_metrics, grad_norm=optax.global_norm(grads))
+    return state.apply_gradients(grads=grads), step_metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, predict_fn: Callable):
+    """Deterministic forward pass -> (candidate spans as fractions [B, N, 2], scores [B, N])."""
+    outputs = state.apply_fn({"params": state.params}, batch, train=False)
+    return predict_fn(outputs, batch)
+
+
+class Stepper:
+    """Compiles the train / eval steps for the configured parallelism and feeds them batches."""
+
+    def __init__(self, config: ml_collections.ConfigDict, spec: registry.ModelSpec):
+        self.mode = config.parallelism
+        loss_config = config.loss.to_dict()
+        n = jax.device_count()
+        if config.batch_size % n:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by {n} devices")
+        if config.eval.batch_size % n:
+            raise ValueError(f"eval.batch_size {config.eval.batch_size} is not divisible by {n} devices")
+        if self.mode == "jit":
+            self.mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+            self.replicated = NamedSharding(self.mesh, P())
+            self.data_sharding = NamedSharding(self.mesh, P("data"))
+            self._train = jax.jit(
+                functools.partial(train_step, loss_fn=spec.loss_fn, loss_config=loss_config),
+                in_shardings=(self.replicated, self.data_sharding),
+                out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+            self._eval = jax.jit(functools.partial(eval_step, predict_fn=spec.predict_fn),
+                                 in_shardings=(self.replicated, self.data_sharding),
+                                 out_shardings=self.data_sharding)
+        elif self.mode == "pmap":
+            self._train = jax.pmap(
+                functools.partial(train_step, loss_fn=spec.loss_fn, loss_config=loss_config,
+                                  axis_name="batch"), axis_name="batch", donate_argnums=0)
+            self._eval = jax.pmap(functools.partial(eval_step, predict_fn=spec.predict_fn))
+        else:
+            raise ValueError(f"config.parallelism must be 'jit' or 'pmap', got {self.mode!r}")
+
+    # Host <-> device layout.
+    def put_state(self, state: TrainState) -> TrainState:
+        if self.mode == "jit":
+            return jax.device_put(state, self.replicated)
+        n = jax.local_device_count()
+        return jax.tree.map(lambda x: jnp.stack([x] * n), state)
+
+    def get_state(self, state: TrainState) -> TrainState:
+        """A single (unreplicated) copy of the state, e.g. for checkpoints."""
+        if self.mode == "jit":
+            return state
+        return jax.tree.map(lambda x: x[0], state)
+
+    def put_batch(self, batch: dict[str, np.ndarray]):
+        batch = pipeline.device_batch(batch)
+        if self.mode == "jit":
+            return {k: jax.make_array_from_process_local_data(self.data_sharding, v) for k, v in batch.items()}
+        n = jax.local_device_count()
+        return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+
+    def train(self, state, batch):
+        state, step_metrics = self._train(state, self.put_batch(batch))
+        if self.mode == "pmap":
+            step_metrics = jax.tree.map(lambda x: x[0], step_metrics)
+        return state, step_metrics
+
+    def predict(self, state, batch) -> tuple[np.ndarray, np.ndarray]:
+        spans, scores = jax.device_get(self._eval(state, self.put_batch(batch)))
+        if self.mode == "pmap":
+            spans = spans.reshape((-1,) + spans.shape[2:])
+            scores = scores.reshape((-1,) + scores.shape[2:])
+        return np.asarray(spans), np.asarray(scores)
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np.ndarray]],
+             eval_config: ml_collections.ConfigDict) -> tuple[dict[str, float], dict[str, Any]]:
+    """Runs the model over one split and scores it on continuous time (seconds).
+
+    Returns the metrics (percent, keys like ``R@1,IoU=0.5``; plus per query type)
+    and the per-query top-k predictions for writing.
+    """
+    cand_spans, cand_scores, gts, gt_masks, host = [], [], [], [], {k: [] for k in pipeline.HOST_KEYS}
+    durations = []
+    for batch in batches:
+        spans, scores = stepper.predict(state, batch)
+        keep = batch["example_mask"] > 0
+        cand_spans.append(spans[keep] * batch["duration"][keep, None, None])
+        cand_scores.append(scores[keep])
+        gts.append(batch["gt_spans"][keep])
+        gt_masks.append(batch["gt_spans_mask"][keep] > 0)
+        durations.append(batch["duration"][keep])
+        for k in pipeline.HOST_KEYS:
+            host[k].extend(x.decode() for x in batch[k][keep])
+    spans = np.concatenate(cand_spans)
+    scores = np.concatenate(cand_scores)
+    gt = np.concatenate(gts)
+    gt_mask = np.concatenate(gt_masks)
+    scored = metrics_lib.evaluate_predictions(
+        spans, scores, gt, gt_mask, np.isfinite(scores),
+        nms_threshold=eval_config.nms_threshold if eval_config.nms_threshold > 0 else None,
+        ks=tuple(eval_config.ks), iou_thresholds=tuple(eval_config.iou_thresholds),
+        iou_comparison=eval_config.iou_comparison)
+    result = dict(scored.metrics)
+    query_types = np.asarray(host["query_type"])
+    if len(set(query_types)) > 1:
+        key = "R@1,IoU=0.5"
+        for qtype in sorted(set(query_types)):
+            sel = query_types == qtype
+            sub = metrics_lib.recall_at_k(scored.spans[sel], scored.valid[sel], gt[sel], gt_mask[sel],
+                                          ks=(1,), iou_thresholds=(0.5,),
+                                          iou_comparison=eval_config.iou_comparison)
+            result[f"{qtype}/{key}"] = sub[key]
+    predictions = dict(host, duration=np.concatenate(durations), spans=scored.spans, scores=scored.scores,
+                       valid=scored.valid)
+    return result, predictions
+
+
+def write_predictions(path: str, predictions: dict[str, Any]) -> None:
+    metrics_lib.write_predictions_jsonl(
+        path, predictions["qid"], predictions["vid"], predictions["duration"], predictions["spans"],
+        predictions["scores"], predictions["valid"], queries=predictions["query"])
+
+
+# ------------------------------------------------------------------------ main loop
+
+
+def _log_eval(workdir: str, writer, step: int, split: str, result: dict[str, float]) -> None:
+    with open(os.path.join(workdir, "eval_metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": step, "split": split, **{k: round(float(v), 4) for k, v in result.items()}}) + "\n")
+    for k, v in result.items():
+        writer.scalar(f"{split}/{k}", v, step)
+    logging.info("[step %d] %s:\n%s", step, split, metrics_lib.format_metrics_table(result))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, dict[str, dict[str, float]]]:
+    """Trains ``config.model.name`` on ``config.dataset`` and evaluates it; resumes from ``workdir``.
+
+    Returns the final state and the last evaluation metrics of every eval split.
+    """
+    from flax.metrics import tensorboard
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    data_dir = prepare_data(config, workdir)
+    vocab = pipeline.load_vocabulary(data_dir)
+    spec = registry.get_model_spec(config.model.name)
+    model = registry.create_model(config.model, vocab_size=len(vocab))
+    stepper = Stepper(config, spec)
+    writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    per_host_batch = config.batch_size // jax.process_count()
+    def eval_batches(split: str):
+        ds = pipeline.make_dataset(data_dir, split, config.dataset, batch_size=config.eval.batch_size // jax.process_count(),
+                                   training=False, vocab=vocab, shard_index=jax.process_index(),
+                                   num_shards=jax.process_count())
+        return pipeline.as_numpy(ds)
+
+    rng = jax.random.key(config.seed)
+    first = next(eval_batches(config.dataset.eval_splits[0]))
+    state = create_train_state(config, model, first, rng)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("Model %s: %d parameters; devices: %s", config.model.name, num_params, jax.devices())
+
+    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
+        max_to_keep=config.max_checkpoints_to_keep, create=True))
+    start_step = 0
+    if manager.latest_step() is not None:
+        start_step = manager.latest_step()
+        state = manager.restore(start_step, args=ocp.args.StandardRestore(state))
+        logging.info("Resumed from checkpoint at step %d", start_step)
+    state = stepper.put_state(state)
+
+    def save(step: int, current) -> None:
+        if manager.latest_step() != step:
+            manager.save(step, args=ocp.args.StandardSave(stepper.get_state(current)))
+
+    # The shuffle seed depends on the start step so a resumed run does not replay the same batches.
+    train_ds = pipeline.make_dataset(data_dir, config.dataset.train_split, config.dataset,
+                                     batch_size=per_host_batch, training=True, seed=config.seed + start_step,
+                                     vocab=vocab, shard_index=jax.process_index(),
+                                     num_shards=jax.process_count())
+    train_iter = pipeline.as_numpy(train_ds)
+
+    last_eval: dict[str, dict[str, float]] = {}
+    def run_eval(step: int) -> None:
+        for split in config.dataset.eval_splits:
+            result, predictions = evaluate(stepper, state, eval_batches(split), config.eval)
+            last_eval[split] = result
+            _log_eval(workdir, writer, step, split, result)
+            if config.eval.write_predictions and jax.process_index() == 0:
+                os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
+                write_predictions(os.path.join(workdir, "predictions", f"{split}_step{step}.jsonl"), predictions)
+
+    step = start_step
+    accumulated: list[dict[str, jax.Array]] = []
+    t0, steps_since = time.time(), 0
+    try:
+        while step < config.num_train_steps:
+            batch = next(train_iter)
+            state, step_metrics = stepper.train(state, batch)
+            accumulated.append(step_metrics)
+            step += 1
+            steps_since += 1
+            if step == start_step + 1:
+                logging.info("First step done (compiled) in %.1fs", time.time() - t0)
+            if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                summary = {k: float(np.mean([m[k] for m in jax.device_get(accumulated)])) for k in accumulated[0]}
+                accumulated = []
+                if not np.isfinite(summary["loss"]):
+                    raise FloatingPointError(f"loss is {summary['loss']} at step {step}; last good "
+                                             f"checkpoint: step {manager.latest_step()}")
+                rate = steps_since / max(time.time() - t0, 1e-9)
+                t0, steps_since = time.time(), 0
+                eta = (config.num_train_steps - step) / max(rate, 1e-9)
+                logging.info("[step %d/%d] %s | %.1f steps/s, ETA %.0fs", step, config.num_train_steps,
+                             " ".join(f"{k}={v:.4f}" for k, v in summary.items()), rate, eta)
+                for k, v in summary.items():
+                    writer.scalar(f"train/{k}", v, step)
+                with open(os.path.join(workdir, "train_metrics.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": step, **summary, "steps_per_sec": rate}) + "\n")
+            if step % config.checkpoint_every_steps == 0:
+                save(step, state)
+            if step % config.eval_every_steps == 0 and step != config.num_train_steps:
+                run_eval(step)
+                t0, steps_since = time.time(), 0
+        save(step, state)
+        run_eval(step)
+    except KeyboardInterrupt:
+        logging.warning("Interrupted at step %d: saving a checkpoint before exiting", step)
+        save(step, state)
+        raise
+    finally:
+        manager.wait_until_finished()
+        writer.flush()
+    return stepper.get_state(state), last_eval

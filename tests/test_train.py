@@ -1,0 +1,154 @@
+"""End to end: train_and_evaluate on a tiny config, resume, metrics/predictions files, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from jvmr import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = test_config.get_config()
+    state, final = train.train_and_evaluate(config, workdir)
+    return config, workdir, state, final
+
+
+def test_train_and_evaluate_writes_metrics(trained):
+    config, workdir, state, final = trained
+    assert int(state.step) == config.num_train_steps
+    assert set(final) == set(config.dataset.eval_splits)
+    rows = read_jsonl(os.path.join(workdir, "eval_metrics.jsonl"))
+    # One evaluation in the middle and one at the end, for every split.
+    assert [(r["step"], r["split"]) for r in rows] == [
+        (s, split) for s in (config.eval_every_steps, config.num_train_steps) for split in config.dataset.eval_splits]
+    for r in rows:
+        for k in ("R@1,IoU=0.1", "R@1,IoU=0.3", "R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "mIoU"):
+            assert 0.0 <= r[k] <= 100.0
+    leaves = jax.tree.leaves(state.params)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+def test_predictions_are_written_per_query(trained):
+    config, workdir, _, _ = trained
+    path = os.path.join(workdir, "predictions", f"test_step{config.num_train_steps}.jsonl")
+    rows = read_jsonl(path)
+    manifest = train.read_manifest(os.path.join(workdir, "data"))
+    assert len(rows) == manifest["num_examples"]["test"]
+    assert len({r["qid"] for r in rows}) == len(rows)
+    for r in rows[:20]:
+        windows = r["pred_relevant_windows"]
+        assert 1 <= len(windows) <= max(config.eval.ks)
+        for st, ed, _ in windows:
+            assert 0.0 <= st <= ed <= r["duration"] + 1e-3
+        scores = [w[2] for w in windows]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_rerun_resumes_from_checkpoint(trained, tmp_path):
+    config, workdir, state, _ = trained
+    # Same command again with a larger budget: continues from the last step instead of restarting.
+    config = test_config.get_config()
+    config.num_train_steps = config.num_train_steps + 2
+    config.eval_every_steps = 1000
+    resumed, _ = train.train_and_evaluate(config, workdir)
+    assert int(resumed.step) == config.num_train_steps
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert steps[-1] == config.num_train_steps
+    assert len(steps) <= config.max_checkpoints_to_keep
+
+
+def test_losses_decrease(tmp_path):
+    config = test_config.get_config()
+    config.num_train_steps = 40
+    config.log_every_steps = 10
+    config.optimizer.schedule = "constant"
+    config.optimizer.learning_rate = 3e-3
+    config.eval_every_steps = 1000
+    config.dataset.eval_splits = ("val",)
+    train.train_and_evaluate(config, str(tmp_path))
+    losses = [r["loss"] for r in read_jsonl(os.path.join(tmp_path, "train_metrics.jsonl"))]
+    assert len(losses) == 4 and losses[-1] < losses[0] * 0.8, losses
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from configs import test as test_config
+from jvmr import train
+assert jax.device_count() == 8, jax.devices()
+results = {}
+for mode in ("jit", "pmap"):
+    config = test_config.get_config()
+    config.parallelism = mode
+    config.batch_size = 16
+    config.eval.batch_size = 16
+    config.num_train_steps = 4
+    config.eval_every_steps = 1000
+    config.dataset.eval_splits = ("val",)
+    state, final = train.train_and_evaluate(config, sys.argv[1] + "/" + mode)
+    results[mode] = {"step": int(state.step), "metrics": final["val"],
+                     "finite": all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(state.params))}
+print("RESULT" + json.dumps(results))
+"""
+
+
+def test_multi_device_jit_and_pmap(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(tmp_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = json.loads(out.stdout.split("RESULT")[-1])
+    for mode in ("jit", "pmap"):
+        assert results[mode]["step"] == 4 and results[mode]["finite"]
+        assert 0.0 <= results[mode]["metrics"]["R@1,IoU=0.5"] <= 100.0
+
+
+def test_cli_runs(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run(
+        [sys.executable, "-m", "jvmr.main", "--config=configs/test.py", f"--workdir={tmp_path}",
+         "--config.num_train_steps=3", "--config.eval_every_steps=100", "--config.dataset.eval_splits=('val',)"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "R@1,IoU=0.5" in out.stdout
+    rows = read_jsonl(os.path.join(tmp_path, "eval_metrics.jsonl"))
+    assert [(r["step"], r["split"]) for r in rows] == [(3, "val")]
+
+
+def test_train_step_compiles_once_and_donates(trained):
+    config, workdir, _, _ = trained
+    from jvmr import registry
+    from jvmr.data import pipeline
+
+    data_dir = os.path.join(workdir, "data")
+    vocab = pipeline.load_vocabulary(data_dir)
+    batches = pipeline.as_numpy(pipeline.make_dataset(
+        data_dir, "train", config.dataset, batch_size=config.batch_size, training=True, vocab=vocab))
+    spec = registry.get_model_spec(config.model.name)
+    stepper = train.Stepper(config, spec)
+    first = next(batches)
+    state = stepper.put_state(train.create_train_state(
+        config, registry.create_model(config.model, len(vocab)), first, jax.random.key(0)))
+    old_params = state.params
+    state, _ = stepper.train(state, first)
+    # The donated input buffers are consumed by the step.
+    assert all(x.is_deleted() for x in jax.tree.leaves(old_params))
+    for _ in range(3):
+        state, step_metrics = stepper.train(state, next(batches))
+    assert stepper._train._cache_size() == 1
+    assert np.isfinite(float(step_metrics["loss"]))
