@@ -138,7 +138,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: Calla
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         step_metrics = jax.lax.pmean(step_metrics, axis_name)
-    step_metrics = dict(step_metrics, grad_norm=optax.global_norm(grads))
+    step_metrics = dict(step_metrics, grad_norm=optax.tree.norm(grads))
     return state.apply_gradients(grads=grads), step_metrics
 
 
@@ -370,9 +370,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                 t0, steps_since = time.time(), 0
         save(step, state)
         run_eval(step)
-    except KeyboardInterrupt:
-        logging.warning("Interrupted at step %d: saving a checkpoint before exiting", step)
-        save(step, state)
+    except FloatingPointError:
+        raise  # The state is not finite: keep the last good checkpoint.
+    except BaseException as error:  # Interrupts, data errors, ...: keep the work done so far.
+        logging.warning("Stopped at step %d by %r: saving a checkpoint first", step, error)
+        try:
+            save(step, state)
+        except Exception as save_error:  # e.g. the state was donated to the failed step.
+            logging.error("Could not save a checkpoint at step %d: %r", step, save_error)
         raise
     finally:
         manager.wait_until_finished()

@@ -152,3 +152,29 @@ def test_train_step_compiles_once_and_donates(trained):
         state, step_metrics = stepper.train(state, next(batches))
     assert stepper._train._cache_size() == 1
     assert np.isfinite(float(step_metrics["loss"]))
+
+
+def test_crash_keeps_a_checkpoint(tmp_path, monkeypatch):
+    config = test_config.get_config()
+    config.num_train_steps = 10
+    config.checkpoint_every_steps = 100
+    config.eval_every_steps = 100
+    config.dataset.eval_splits = ("val",)
+    original = train.Stepper.train
+    calls = []
+
+    def failing_train(self, state, batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("simulated failure in step 4")
+        return original(self, state, batch)
+
+    monkeypatch.setattr(train.Stepper, "train", failing_train)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        train.train_and_evaluate(config, str(tmp_path))
+    steps = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+    assert steps == [3]
+    # Rerunning resumes from there.
+    monkeypatch.setattr(train.Stepper, "train", original)
+    state, _ = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 10
