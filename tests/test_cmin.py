@@ -11,13 +11,12 @@ import pytest
 from jvmr.data.text import DEPENDENCY_LABELS
 from jvmr.models import cmin as cmin_lib
 from jvmr.models import graph as graph_lib
+from reference import FAST_COMPILE, prefix_mask, sigmoid, to_numpy
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 RTOL = 1e-4
 ATOL = 1e-5
-# XLA's backend optimisations dominate compile time on CPU (about 3x) and are irrelevant here.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 NUM_LABELS = 11
 VOCAB = 40
 B, T, L, E, DV = 2, 12, 6, 18, 10
@@ -26,18 +25,6 @@ L_VALID = (6, 4)
 WIDTHS = (2, 4, 6)
 SMALL = dict(vocab_size=VOCAB, num_dep_labels=NUM_LABELS, word_dim=8, d_model=16, num_heads=2,
              num_attn_layers=2, num_gcn_layers=2, anchor_widths=WIDTHS)
-
-
-def _np(tree):
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _prefix_mask(lengths, t):
-    return (np.arange(t)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
 
 
 def _dependency_edges(rng, num_words, budget):
@@ -57,7 +44,7 @@ def _dependency_edges(rng, num_words, budget):
 def make_batch(seed=0, t=T, l=L, e=E, garbage=False):
     """A tiny batch; with ``garbage`` every padded slot holds junk that masks must hide."""
     rng = np.random.default_rng(seed)
-    vmask, qmask = _prefix_mask(T_VALID, t), _prefix_mask(L_VALID, l)
+    vmask, qmask = prefix_mask(T_VALID, t), prefix_mask(L_VALID, l)
     feats = rng.normal(size=(B, t, DV)).astype(np.float32)
     tokens = rng.integers(2, VOCAB, size=(B, l)).astype(np.int32)
     edges = [_dependency_edges(np.random.default_rng(100 + b), L_VALID[b], e) for b in range(B)]
@@ -113,7 +100,7 @@ def _jitted_apply(model):
 
 
 def run(model, params, batch):
-    return _np(_jitted_apply(model)(params, batch))
+    return to_numpy(_jitted_apply(model)(params, batch))
 
 
 def param_keys(params):
@@ -137,7 +124,7 @@ def _gcn_layer_reference(p, h, node_mask, batch, gate_mode, use_gates):
             msg = transformed + p["label_bias"][row]
             if use_gates:
                 src = h[b, j] if gate_mode == "input" else transformed
-                msg = msg * _sigmoid(src @ p["gate_kernel"][d] + p["gate_bias"][row])
+                msg = msg * sigmoid(src @ p["gate_kernel"][d] + p["gate_bias"][row])
             g[b, i] += msg
     return np.maximum(g, 0) * node_mask[..., None]
 
@@ -155,7 +142,7 @@ def test_syntactic_gcn_stack_matches_numpy(gate_mode, use_gates):
     out = np.asarray(jax.jit(stack.apply, compiler_options=FAST_COMPILE)(params, h, *args))
     o = np.where(batch["query_mask"][..., None] > 0, h, 0.0).astype(np.float64)
     for i in range(2):
-        o = o + _gcn_layer_reference(_np(params["params"][f"layer_{i}"]), o, batch["query_mask"], batch, gate_mode, use_gates)
+        o = o + _gcn_layer_reference(to_numpy(params["params"][f"layer_{i}"]), o, batch["query_mask"], batch, gate_mode, use_gates)
     np.testing.assert_allclose(out, o, rtol=RTOL, atol=ATOL)
     if not use_gates:
         assert "gate_kernel" not in params["params"]["layer_0"]
@@ -191,9 +178,9 @@ def test_cross_gate_matches_numpy():
     gate = cmin_lib.CrossGate()
     params = random_params_module(gate, hv, hs)
     gs, gv = gate.apply(params, hv, hs)
-    p = _np(params["params"])
-    ref_s = hs * _sigmoid(hv @ p["video_to_query"]["kernel"] + p["video_to_query"]["bias"])
-    ref_v = hv * _sigmoid(hs @ p["query_to_video"]["kernel"] + p["query_to_video"]["bias"])
+    p = to_numpy(params["params"])
+    ref_s = hs * sigmoid(hv @ p["video_to_query"]["kernel"] + p["video_to_query"]["bias"])
+    ref_v = hv * sigmoid(hs @ p["query_to_video"]["kernel"] + p["query_to_video"]["bias"])
     np.testing.assert_allclose(np.asarray(gs), ref_s, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(np.asarray(gv), ref_v, rtol=RTOL, atol=ATOL)
 
@@ -214,7 +201,7 @@ def test_fusion_dispatch(mode):
         np.testing.assert_allclose(out, np.maximum(np.einsum("bti,kij,btj->btk", hs, w, hv) + bias, 0),
                                    rtol=RTOL, atol=ATOL)
     else:
-        p = _np(params["params"]["lowrank"])
+        p = to_numpy(params["params"]["lowrank"])
         dense = lambda z, n: z @ p[n]["kernel"] + p[n]["bias"]  # noqa: E731
         np.testing.assert_allclose(out, dense(np.maximum(dense(hs, "U") * dense(hv, "V"), 0), "P"),
                                    rtol=RTOL, atol=ATOL)
@@ -229,11 +216,11 @@ def test_cmin_attentive_aggregation_matches_numpy():
     params = random_params(model, batch)
     out, state = jax.jit(lambda p, b: model.apply(p, b, train=False, capture_intermediates=True,
                                                   mutable=["intermediates"]), compiler_options=FAST_COMPILE)(params, batch)
-    inter = _np(state["intermediates"])
+    inter = to_numpy(state["intermediates"])
     hv = inter["video_rnn"]["__call__"][0]
     o = inter["syntactic_gcn"]["__call__"][0]
     hs, m = inter["aggregation"]["__call__"][0]
-    p = _np(params["params"]["aggregation"])
+    p = to_numpy(params["params"]["aggregation"])
     qmask, vmask = batch["query_mask"], batch["video_mask"]
     scores = np.einsum("btlf,f->btl", np.tanh((hv @ p["query"]["kernel"])[:, :, None]
                                              + (o @ p["key"]["kernel"] + p["key"]["bias"])[:, None]),
@@ -246,10 +233,10 @@ def test_cmin_attentive_aggregation_matches_numpy():
 
     # Cross gate (default on) feeds the bilinear fusion: check h~s, h~v against numpy too.
     gs, gv = inter["cross_gate"]["__call__"][0]
-    g = _np(params["params"]["cross_gate"])
-    np.testing.assert_allclose(gs, hs * _sigmoid(hv @ g["video_to_query"]["kernel"] + g["video_to_query"]["bias"]),
+    g = to_numpy(params["params"]["cross_gate"])
+    np.testing.assert_allclose(gs, hs * sigmoid(hv @ g["video_to_query"]["kernel"] + g["video_to_query"]["bias"]),
                                rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(gv, hv * _sigmoid(hs @ g["query_to_video"]["kernel"] + g["query_to_video"]["bias"]),
+    np.testing.assert_allclose(gv, hv * sigmoid(hs @ g["query_to_video"]["kernel"] + g["query_to_video"]["bias"]),
                                rtol=RTOL, atol=ATOL)
 
 
@@ -257,7 +244,7 @@ def test_cmin_attentive_aggregation_matches_numpy():
 
 
 def test_make_anchors():
-    vmask = _prefix_mask([8, 5], 8)
+    vmask = prefix_mask([8, 5], 8)
     spans, mask = cmin_lib.make_anchors(vmask, (2, 3))
     spans, mask = np.asarray(spans), np.asarray(mask)
     for b, n in enumerate([8, 5]):
@@ -290,7 +277,7 @@ def _labels_np(spans, mask, gt, mode):
 
 @pytest.mark.parametrize("mode", ["iou", "scaled"])
 def test_anchor_labels_match_numpy(mode):
-    vmask = _prefix_mask(T_VALID, T)
+    vmask = prefix_mask(T_VALID, T)
     spans, mask = (np.asarray(a) for a in cmin_lib.make_anchors(vmask, WIDTHS))
     gt = np.array([[0.25, 0.6], [0.1, 0.45]], np.float32)
     out = np.asarray(cmin_lib.anchor_labels(spans, mask, gt, mode))
@@ -304,7 +291,7 @@ def test_anchor_labels_match_numpy(mode):
 
 def _fake_outputs(seed=9):
     rng = np.random.default_rng(seed)
-    vmask = _prefix_mask(T_VALID, T)
+    vmask = prefix_mask(T_VALID, T)
     spans, mask = (np.asarray(a) for a in cmin_lib.make_anchors(vmask, WIDTHS))
     k = len(WIDTHS)
     return {
@@ -324,7 +311,7 @@ def test_loss_fn_matches_numpy(mode, reg_weight, thr):
     mask = out["anchor_mask"]
     labels = _labels_np(out["anchor_spans"], mask, batch["gt_span"], mode)
     iou = _labels_np(out["anchor_spans"], mask, batch["gt_span"], "iou")
-    cs = _sigmoid(out["anchor_logits"].astype(np.float64))
+    cs = sigmoid(out["anchor_logits"].astype(np.float64))
     bce = -((1 - labels) * np.log(1 - cs) + labels * np.log(cs))
     align = (bce * mask).sum() / mask.sum()
     reg_sum, n_pos = 0.0, 0
@@ -351,7 +338,7 @@ def test_predict_fn_matches_numpy():
     assert spans.shape == (B, T * k, 2) and scores.shape == (B, T * k)
     raw = np.clip(out["anchor_spans"] + out["anchor_offsets"], 0, 1)
     ref_spans = np.sort(raw, axis=-1).reshape(B, -1, 2)
-    ref_scores = np.where(out["anchor_mask"] > 0, _sigmoid(out["anchor_logits"]), cmin_lib.MASKED_SCORE).reshape(B, -1)
+    ref_scores = np.where(out["anchor_mask"] > 0, sigmoid(out["anchor_logits"]), cmin_lib.MASKED_SCORE).reshape(B, -1)
     np.testing.assert_allclose(spans, ref_spans, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
     assert np.all(spans[..., 0] <= spans[..., 1]) and spans.min() >= 0 and spans.max() <= 1
@@ -490,7 +477,7 @@ def test_query_blind_ignores_the_query():
     out = run(model, params, batch)
     other = make_batch(14, garbage=True)
     other = dict(other, video_feats=batch["video_feats"], video_mask=batch["video_mask"])
-    other["query_mask"] = _prefix_mask([2, 6], L)
+    other["query_mask"] = prefix_mask([2, 6], L)
     other["edge_mask"] = np.zeros_like(other["edge_mask"])
     other_out = run(model, params, other)
     for key in ("anchor_logits", "anchor_offsets", "attention"):

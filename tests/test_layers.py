@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from jvmr.models import layers
+from reference import FAST_COMPILE, prefix_mask, sigmoid, to_numpy
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 RTOL = 1e-4
 ATOL = 1e-5
-# XLA's backend optimisations dominate compile time on CPU and are irrelevant to these checks.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def jit_init(module, *args, seed=0, **kwargs):
@@ -23,20 +22,8 @@ def jit_apply(module, params, *args, **kwargs):
     return jax.jit(lambda p: module.apply(p, *args, **kwargs), compiler_options=FAST_COMPILE)(params)
 
 
-def _np(tree):
-    return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _prefix_mask(lengths, t):
-    return (np.arange(t)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
-
-
 def test_sequence_lengths_and_mask_fill():
-    mask = _prefix_mask([3, 0, 5], 5)
+    mask = prefix_mask([3, 0, 5], 5)
     np.testing.assert_array_equal(layers.sequence_lengths(mask), [3, 0, 5])
     x = np.full((3, 5, 2), np.nan, np.float32)
     x[mask > 0] = 1.0
@@ -93,13 +80,13 @@ def test_multi_head_attention_matches_numpy(window):
     rng = np.random.default_rng(1)
     b, t, d, heads = 2, 9, 8, 2
     x = rng.normal(size=(b, t, d)).astype(np.float32)
-    mask = _prefix_mask([9, 5], t)
+    mask = prefix_mask([9, 5], t)
     x[mask == 0] = 1e6  # garbage in padding
     mha = layers.MultiHeadAttention(num_heads=heads, window=window)
     params = jit_init(mha, x, key_mask=mask)
     out, w = jit_apply(mha, params, x, key_mask=mask, query_mask=mask, return_weights=True)
     x_clean = np.where(mask[..., None] > 0, x, 0.0)
-    ref, ref_w = _mha_reference(_np(params["params"]), x_clean, x_clean, mask, mask, heads, window)
+    ref, ref_w = _mha_reference(to_numpy(params["params"]), x_clean, x_clean, mask, mask, heads, window)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(np.asarray(w), ref_w * mask[:, None, :, None], rtol=RTOL, atol=ATOL)
 
@@ -114,7 +101,7 @@ def test_multi_head_cross_attention_fully_masked_rows_are_finite():
     out = np.asarray(jit_apply(mha, params, xq, xkv, key_mask=key_mask))
     assert out.shape == (2, 4, 7) and np.all(np.isfinite(out))
     np.testing.assert_allclose(out[1], np.broadcast_to(params["params"]["out"]["bias"], (4, 7)), atol=1e-6)
-    ref, _ = _mha_reference(_np(params["params"]), xq, np.where(key_mask[..., None] > 0, xkv, 0), key_mask,
+    ref, _ = _mha_reference(to_numpy(params["params"]), xq, np.where(key_mask[..., None] > 0, xkv, 0), key_mask,
                             np.ones((2, 4), np.float32), 3, 0)
     np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
 
@@ -137,8 +124,8 @@ def test_multi_head_attention_dropout_only_in_training():
 
 
 def _gru_step(p, h, x):
-    r = _sigmoid(x @ p["ir"]["kernel"] + p["ir"]["bias"] + h @ p["hr"]["kernel"])
-    z = _sigmoid(x @ p["iz"]["kernel"] + p["iz"]["bias"] + h @ p["hz"]["kernel"])
+    r = sigmoid(x @ p["ir"]["kernel"] + p["ir"]["bias"] + h @ p["hr"]["kernel"])
+    z = sigmoid(x @ p["iz"]["kernel"] + p["iz"]["bias"] + h @ p["hz"]["kernel"])
     n = np.tanh(x @ p["in"]["kernel"] + p["in"]["bias"] + r * (h @ p["hn"]["kernel"] + p["hn"]["bias"]))
     return (1 - z) * n + z * h
 
@@ -148,12 +135,12 @@ def test_bigru_matches_numpy_with_lengths():
     b, t, d, hidden = 3, 7, 5, 4
     lengths = [7, 4, 1]
     x = rng.normal(size=(b, t, d)).astype(np.float32)
-    mask = _prefix_mask(lengths, t)
+    mask = prefix_mask(lengths, t)
     x[mask == 0] = 1e3  # garbage in padding
     gru = layers.BiGRU(hidden)
     params = jit_init(gru, x, mask)
     out = np.asarray(jit_apply(gru, params, x, mask))
-    p = _np(params["params"]["bidirectional"])
+    p = to_numpy(params["params"]["bidirectional"])
     ref = np.zeros((b, t, 2 * hidden))
     for bi, n in enumerate(lengths):
         h = np.zeros(hidden)
@@ -170,12 +157,12 @@ def test_bigru_matches_numpy_with_lengths():
 def test_bigru_padding_invariance():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 6, 3)).astype(np.float32)
-    mask = _prefix_mask([6, 3], 6)
+    mask = prefix_mask([6, 3], 6)
     gru = layers.BiGRU(4)
     params = jit_init(gru, x, mask)
     out = np.asarray(jit_apply(gru, params, x, mask))
     x_big = np.concatenate([x, rng.normal(size=(2, 4, 3)).astype(np.float32) * 50], axis=1)
-    mask_big = _prefix_mask([6, 3], 10)
+    mask_big = prefix_mask([6, 3], 10)
     out_big = np.asarray(jit_apply(gru, params, x_big, mask_big))
     np.testing.assert_allclose(out_big[:, :6] * mask[..., None], out * mask[..., None], atol=1e-6)
     np.testing.assert_array_equal(out_big[mask_big == 0], 0.0)
@@ -186,12 +173,12 @@ def test_additive_attention_matches_numpy():
     b, tq, tk, dq, dk, f = 2, 5, 4, 6, 3, 8
     q = rng.normal(size=(b, tq, dq)).astype(np.float32)
     k = rng.normal(size=(b, tk, dk)).astype(np.float32)
-    kmask = _prefix_mask([4, 2], tk)
-    qmask = _prefix_mask([5, 3], tq)
+    kmask = prefix_mask([4, 2], tk)
+    qmask = prefix_mask([5, 3], tq)
     att = layers.AdditiveAttention(f)
     params = jit_init(att, q, k, kmask, query_mask=qmask)
     agg, w = jit_apply(att, params, q, k, kmask, query_mask=qmask)
-    p = _np(params["params"])
+    p = to_numpy(params["params"])
     ref_w = np.zeros((b, tq, tk))
     for bi in range(b):
         for i in range(tq):
