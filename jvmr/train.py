@@ -268,6 +268,8 @@ def write_predictions(path: str, predictions: dict[str, Any]) -> None:
 
 
 def _log_eval(workdir: str, writer, step: int, split: str, result: dict[str, float]) -> None:
+    if jax.process_index() != 0:
+        return
     with open(os.path.join(workdir, "eval_metrics.jsonl"), "a") as f:
         f.write(json.dumps({"step": step, "split": split, **{k: round(float(v), 4) for k, v in result.items()}}) + "\n")
     for k, v in result.items():
@@ -361,8 +363,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                              " ".join(f"{k}={v:.4f}" for k, v in summary.items()), rate, eta)
                 for k, v in summary.items():
                     writer.scalar(f"train/{k}", v, step)
-                with open(os.path.join(workdir, "train_metrics.jsonl"), "a") as f:
-                    f.write(json.dumps({"step": step, **summary, "steps_per_sec": rate}) + "\n")
+                if jax.process_index() == 0:
+                    with open(os.path.join(workdir, "train_metrics.jsonl"), "a") as f:
+                        f.write(json.dumps({"step": step, **summary, "steps_per_sec": rate}) + "\n")
             if step % config.checkpoint_every_steps == 0:
                 save(step, state)
             if step % config.eval_every_steps == 0 and step != config.num_train_steps:
