@@ -29,7 +29,14 @@ that is exactly ``t`` counts for ``'>='`` and not for ``'>'``.
 
 NMS and top-k break score ties deterministically by candidate index (earlier
 first). Note that 2D-TAN's ``np.argsort(...)[::-1]`` puts the *later* flat index
-first; a 2D-TAN parity protocol has to reverse its candidate order to match.
+first; the ``'2dtan'`` protocol (``tie_break='later'``) reverses the candidate
+order before its stable ranking to match.
+
+Named parity protocols live in ``PROTOCOLS`` (``get_protocol(name)``) and are
+evaluated on ragged per-query windows by ``evaluate_windows``: ``'2dtan'``
+(microsoft/2D-TAN ``lib/core/eval.py``) and ``'moment_detr'``
+(jayleicn/moment_detr ``standalone_eval/eval.py``: R1 of the first row plus
+ActivityNet-style mAP). ``jvmr.evaluate`` is the command-line front end.
 """
 
 from __future__ import annotations
@@ -69,6 +76,17 @@ class Protocol:
         mmaction2).
       nms_threshold: Greedy NMS threshold applied to the candidates before R@k,
         or ``None`` for plain top-k by score.
+      tie_break: Order of equal-score candidates when ranking by score:
+        ``'earlier'`` (stable, the library default) or ``'later'`` (2D-TAN's
+        ``np.argsort(...)[::-1]``). Only used by ``evaluate_windows``.
+      rank_by: ``'score'`` (candidates ranked by score, then NMS / top-k) or
+        ``'given'`` (predictions used in the order given, first row = top-1,
+        as moment_detr's ``compute_mr_r1``). Only used by ``evaluate_windows``.
+      map_iou_thresholds: IoU thresholds of the moment_detr-style mAP; empty
+        for no mAP. Only used by ``evaluate_windows``.
+      max_pred_windows: Number of leading prediction rows used for the mAP
+        (moment_detr ``max_pred_windows=10``), ``None`` for all.
+      reference: The reference evaluator the protocol reproduces (free text).
     """
 
     name: str = "default"
@@ -76,11 +94,26 @@ class Protocol:
     iou_thresholds: tuple[float, ...] = DEFAULT_IOU_THRESHOLDS
     iou_comparison: str = ">="
     nms_threshold: float | None = 0.5
+    tie_break: str = "earlier"
+    rank_by: str = "score"
+    map_iou_thresholds: tuple[float, ...] = ()
+    max_pred_windows: int | None = None
+    reference: str = ""
 
     def __post_init__(self):
         _check_ks_thresholds(self.ks, self.iou_thresholds, self.iou_comparison)
         if self.nms_threshold is not None and not 0.0 <= self.nms_threshold <= 1.0:
             raise ValueError(f"nms_threshold must be in [0, 1] or None, got {self.nms_threshold!r}")
+        if self.tie_break not in ("earlier", "later"):
+            raise ValueError(f"tie_break must be 'earlier' or 'later', got {self.tie_break!r}")
+        if self.rank_by not in ("score", "given"):
+            raise ValueError(f"rank_by must be 'score' or 'given', got {self.rank_by!r}")
+        if self.rank_by == "given" and self.nms_threshold is not None:
+            raise ValueError("rank_by='given' cannot be combined with NMS")
+        if any(not 0.0 <= t <= 1.0 for t in self.map_iou_thresholds):
+            raise ValueError(f"map_iou_thresholds must be in [0, 1], got {self.map_iou_thresholds!r}")
+        if self.max_pred_windows is not None and self.max_pred_windows < 1:
+            raise ValueError(f"max_pred_windows must be >= 1 or None, got {self.max_pred_windows!r}")
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``evaluate_predictions`` (everything but the name)."""
@@ -672,3 +705,238 @@ def format_metrics_table(metrics: dict[str, Any], precision: int = 2) -> str:
     for key, value in others:
         lines.append(f"{key:<{first}}  {fmt(value):>{other_width}}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Named protocols (parity with the field's reference evaluators)
+
+#: moment_detr's ``np.linspace(0.5, 0.95, 10)`` rounded as ``float(f"{e:.2f}")``.
+MOMENT_DETR_IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
+
+PROTOCOLS: dict[str, Protocol] = {
+    # microsoft/2D-TAN lib/core/eval.py (eval / nms / iou) with the candidate
+    # ranking of moment_localization/test.py (np.argsort(score)[::-1]).
+    "2dtan": Protocol(
+        name="2dtan", ks=(1, 5), iou_thresholds=(0.1, 0.3, 0.5, 0.7), iou_comparison=">",
+        nms_threshold=0.5, tie_break="later", rank_by="score",
+        reference="microsoft/2D-TAN lib/core/eval.py"),
+    # jayleicn/moment_detr standalone_eval/eval.py (eval_submission; the "full"
+    # length range, compute_mr_r1 and compute_mr_ap with max_pred_windows=10).
+    "moment_detr": Protocol(
+        name="moment_detr", ks=(1,), iou_thresholds=MOMENT_DETR_IOU_THRESHOLDS, iou_comparison=">=",
+        nms_threshold=None, tie_break="earlier", rank_by="given",
+        map_iou_thresholds=MOMENT_DETR_IOU_THRESHOLDS, max_pred_windows=10,
+        reference="jayleicn/moment_detr standalone_eval/eval.py"),
+}
+
+
+def get_protocol(name: str | Protocol) -> Protocol:
+    """Looks up a named protocol.
+
+    Args:
+      name: A key of ``PROTOCOLS`` (``'2dtan'`` or ``'moment_detr'``); a
+        ``Protocol`` instance is returned unchanged.
+
+    Returns:
+      The ``Protocol``.
+
+    Raises:
+      ValueError: For an unknown name (the message lists the known ones).
+    """
+    if isinstance(name, Protocol):
+        return name
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise ValueError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}") from None
+
+
+def interpolated_average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """VOC-style interpolated AP (moment_detr ``interpolated_precision_recall``).
+
+    The precision is padded with 0 at both ends and the recall with 0 and 1,
+    the precision is made monotonically non-increasing from the right, and the
+    AP is the sum of ``(r_i - r_{i-1}) * p_i`` over the points where the recall
+    changes.
+
+    Args:
+      precision: [P] precision after each ranked prediction.
+      recall: [P] recall after each ranked prediction.
+
+    Returns:
+      The AP in [0, 1].
+    """
+    mprec = np.concatenate([[0.0], np.asarray(precision, np.float64), [0.0]])
+    mrec = np.concatenate([[0.0], np.asarray(recall, np.float64), [1.0]])
+    mprec = np.maximum.accumulate(mprec[::-1])[::-1]
+    idx = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return float(np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx]))
+
+
+def detection_average_precision(gt_windows: np.ndarray, pred_windows: np.ndarray,
+                                iou_thresholds: Sequence[float]) -> np.ndarray:
+    """ActivityNet-style AP of one query's predictions (moment_detr parity).
+
+    Reproduces ``compute_average_precision_detection`` of moment_detr
+    ``standalone_eval/utils.py``: predictions are sorted by score descending
+    (stable: ties keep their given order); each prediction tries the GT windows
+    by IoU descending (ties: the later GT window first, as ``argsort()[::-1]``)
+    and becomes a true positive on the first one that has IoU ``>= t`` and is
+    not matched yet (each GT window is matched at most once); otherwise it is a
+    false positive. AP is ``interpolated_average_precision`` of the cumulative
+    precision / recall (recall = TP / number of GT windows).
+
+    Args:
+      gt_windows: [G, 2] ground-truth windows, G >= 1.
+      pred_windows: [P, 3] predicted ``[start, end, score]`` (already truncated
+        to the windows to use, e.g. the first 10).
+      iou_thresholds: The IoU thresholds t.
+
+    Returns:
+      float64 [T] AP per threshold (zeros when P = 0).
+    """
+    gt = np.asarray(gt_windows, np.float64).reshape(-1, 2)
+    pred = np.asarray(pred_windows, np.float64).reshape(-1, 3)
+    num_t = len(iou_thresholds)
+    if pred.shape[0] == 0 or gt.shape[0] == 0:
+        return np.zeros(num_t)
+    pred = pred[np.argsort(-pred[:, 2], kind="stable")]
+    iou = pairwise_temporal_iou(pred[:, :2], gt)  # [P, G]
+    tp = np.zeros((num_t, pred.shape[0]))
+    locked = np.zeros((num_t, gt.shape[0]), bool)
+    for p in range(pred.shape[0]):
+        gt_order = np.argsort(iou[p], kind="stable")[::-1]
+        for ti, t in enumerate(iou_thresholds):
+            for g in gt_order:
+                if iou[p, g] < t:
+                    break
+                if locked[ti, g]:
+                    continue
+                tp[ti, p] = 1.0
+                locked[ti, g] = True
+                break
+    tp_cum = np.cumsum(tp, axis=1)
+    fp_cum = np.cumsum(1.0 - tp, axis=1)
+    recall = tp_cum / gt.shape[0]
+    precision = tp_cum / (tp_cum + fp_cum)
+    return np.array([interpolated_average_precision(precision[ti], recall[ti]) for ti in range(num_t)])
+
+
+def _windows(w: Any, cols: int, what: str) -> np.ndarray:
+    arr = np.asarray([] if w is None else w, np.float64)
+    if arr.size == 0:
+        return np.zeros((0, cols))
+    if arr.ndim != 2 or arr.shape[1] < cols:
+        raise ValueError(f"{what} must be a list of [start, end{', score' if cols == 3 else ''}] rows, "
+                         f"got shape {arr.shape}")
+    return arr[:, :cols]
+
+
+def _pct2(x: float) -> float:
+    return round(float(x) * 100.0, 2)
+
+
+def evaluate_windows(protocol: str | Protocol, pred_windows: Sequence[Any],
+                     gt_windows: Sequence[Any]) -> dict[str, Any]:
+    """Evaluates ragged per-query predictions under a (named) protocol.
+
+    For protocols with ``rank_by='score'`` (e.g. ``'2dtan'``) each query's
+    candidates are ranked by score descending (ties per ``tie_break``), then
+    ``evaluate_predictions`` runs with the protocol's NMS / ks / thresholds /
+    comparison. Under ``'2dtan'`` this reproduces 2D-TAN ``lib/core/eval.py``:
+    NMS 0.5 keeping 5, ``R@{1,5},IoU={0.1,0.3,0.5,0.7}`` with strict ``>``, and
+    ``mIoU`` of the top-1 kept window (with several GT windows, the best IoU
+    over them; 2D-TAN has one). The result is flat:
+    ``{'R@1,IoU=0.5': pct, ..., 'mIoU': pct}`` (unrounded percentages).
+
+    For protocols with ``map_iou_thresholds`` (``'moment_detr'``) the result
+    follows moment_detr ``standalone_eval/eval.py`` ``eval_submission``
+    (``"full"`` range, no NMS)::
+
+        {"brief": {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP",
+                   "MR-full-mAP@0.5", "MR-full-mAP@0.75"},
+         "full": {"MR-mAP": {"0.5": .., ..., "average": ..},
+                  "MR-R1": {"0.5": .., ...}}}
+
+    R1 takes the *first* prediction row (no re-sorting) and its IoU with the
+    GT window it overlaps most, correct if ``>= t``. mAP is
+    ``detection_average_precision`` on the first ``max_pred_windows`` rows,
+    averaged over queries, then over thresholds (``"average"``). Values are
+    ``round(100 * x, 2)``.
+
+    A query whose prediction is ``None`` or empty is a miss (IoU 0, AP 0);
+    moment_detr itself requires a prediction for every query.
+
+    Args:
+      protocol: A ``PROTOCOLS`` name or a ``Protocol``.
+      pred_windows: [Q] per-query ``[[start, end, score], ...]`` (any order;
+        under ``rank_by='given'`` the first row is the top-1), or ``None``.
+      gt_windows: [Q] per-query ``[[start, end], ...]``, at least one each.
+
+    Returns:
+      The metrics dict described above.
+
+    Raises:
+      ValueError: On mismatched lengths, bad window shapes, NaN scores or a
+        query without GT windows.
+    """
+    protocol = get_protocol(protocol)
+    if len(pred_windows) != len(gt_windows):
+        raise ValueError(f"{len(pred_windows)} prediction entries but {len(gt_windows)} ground-truth entries")
+    preds = [_windows(p, 3, f"predictions of query {i}") for i, p in enumerate(pred_windows)]
+    gts = [_windows(g, 2, f"ground truth of query {i}") for i, g in enumerate(gt_windows)]
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        if g.shape[0] == 0:
+            raise ValueError(f"query {i} has no ground-truth window")
+        if np.isnan(p[:, 2]).any():
+            raise ValueError(f"NaN prediction score in query {i}")
+    gt_spans, gt_valid = pad_spans(gts)
+
+    if protocol.rank_by == "score":
+        ranked = []
+        for p in preds:
+            if protocol.tie_break == "later":
+                p = p[::-1]
+            ranked.append(p[np.argsort(-p[:, 2], kind="stable")])
+    else:
+        ranked = preds
+    if not protocol.map_iou_thresholds:
+        num_c = max([1] + [p.shape[0] for p in ranked])
+        cand = np.zeros((len(ranked), num_c, 2))
+        scores = np.full((len(ranked), num_c), -np.inf)
+        valid = np.zeros((len(ranked), num_c), bool)
+        for i, p in enumerate(ranked):
+            cand[i, :p.shape[0]] = p[:, :2]
+            scores[i, :p.shape[0]] = p[:, 2]
+            valid[i, :p.shape[0]] = True
+        if protocol.rank_by == "given":  # positions are the ranks
+            k = max(protocol.ks)
+            return recall_at_k(cand[:, :k], valid[:, :k], gt_spans, gt_valid, protocol.ks,
+                               protocol.iou_thresholds, protocol.iou_comparison)
+        return evaluate_predictions(cand, scores, gt_spans, gt_valid, valid, **protocol.kwargs()).metrics
+
+    # moment_detr-style output.
+    num_q = len(ranked)
+    top1 = np.zeros((num_q, 1, 2))
+    has = np.array([p.shape[0] > 0 for p in ranked], bool)
+    for i, p in enumerate(ranked):
+        if p.shape[0]:
+            top1[i, 0] = p[0, :2]
+    top1_iou = np.where(has, best_gt_iou(top1, has[:, None], gt_spans, gt_valid)[:, 0], 0.0)
+    r1 = {str(t): _pct2(np.mean(iou_passes(top1_iou, t, protocol.iou_comparison)) if num_q else math.nan)
+          for t in protocol.iou_thresholds}
+    limit = protocol.max_pred_windows
+    aps = np.array([detection_average_precision(g, p if limit is None else p[:limit], protocol.map_iou_thresholds)
+                    for g, p in zip(gts, ranked)]).reshape(num_q, len(protocol.map_iou_thresholds))
+    ap_thds = aps.mean(axis=0) if num_q else np.full(len(protocol.map_iou_thresholds), math.nan)
+    mr_map = {str(t): _pct2(v) for t, v in zip(protocol.map_iou_thresholds, ap_thds)}
+    mr_map["average"] = _pct2(np.mean(ap_thds))
+    brief = {}
+    for t in (0.5, 0.7):
+        if str(t) in r1:
+            brief[f"MR-full-R1@{t}"] = r1[str(t)]
+    brief["MR-full-mAP"] = mr_map["average"]
+    for t in (0.5, 0.75):
+        if str(t) in mr_map:
+            brief[f"MR-full-mAP@{t}"] = mr_map[str(t)]
+    return {"brief": brief, "full": {"MR-mAP": mr_map, "MR-R1": r1}}

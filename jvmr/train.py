@@ -254,14 +254,22 @@ def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np
                                           iou_comparison=eval_config.iou_comparison)
             result[f"{qtype}/{key}"] = sub[key]
     predictions = dict(host, duration=np.concatenate(durations), spans=scored.spans, scores=scored.scores,
-                       valid=scored.valid)
+                       valid=scored.valid, gt_spans=gt, gt_valid=gt_mask)
     return result, predictions
 
 
-def write_predictions(path: str, predictions: dict[str, Any]) -> None:
+def write_predictions(directory: str, split: str, step: int, predictions: dict[str, Any]) -> None:
+    """Writes ``{split}_step{step}.jsonl`` and, once, ``{split}_ground_truth.jsonl`` for ``jvmr.evaluate``."""
+    os.makedirs(directory, exist_ok=True)
     metrics_lib.write_predictions_jsonl(
-        path, predictions["qid"], predictions["vid"], predictions["duration"], predictions["spans"],
-        predictions["scores"], predictions["valid"], queries=predictions["query"])
+        os.path.join(directory, f"{split}_step{step}.jsonl"), predictions["qid"], predictions["vid"],
+        predictions["duration"], predictions["spans"], predictions["scores"], predictions["valid"],
+        queries=predictions["query"])
+    gt_path = os.path.join(directory, f"{split}_ground_truth.jsonl")
+    if not os.path.exists(gt_path):
+        metrics_lib.write_ground_truth_jsonl(
+            gt_path, predictions["qid"], predictions["vid"], predictions["duration"], predictions["gt_spans"],
+            predictions["gt_valid"], queries=predictions["query"])
 
 
 # ------------------------------------------------------------------------ main loop
@@ -335,8 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
             last_eval[split] = result
             _log_eval(workdir, writer, step, split, result)
             if config.eval.write_predictions and jax.process_index() == 0:
-                os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
-                write_predictions(os.path.join(workdir, "predictions", f"{split}_step{step}.jsonl"), predictions)
+                write_predictions(os.path.join(workdir, "predictions"), split, step, predictions)
 
     step = start_step
     accumulated: list[dict[str, jax.Array]] = []

@@ -59,6 +59,21 @@ def test_predictions_are_written_per_query(trained):
         assert scores == sorted(scores, reverse=True)
 
 
+def test_predictions_rescore_with_standalone_evaluator(trained):
+    from jvmr import evaluate
+
+    config, workdir, _, _ = trained
+    pred_dir = os.path.join(workdir, "predictions")
+    result = evaluate.run("moment_detr", os.path.join(pred_dir, f"test_step{config.num_train_steps}.jsonl"),
+                          os.path.join(pred_dir, "test_ground_truth.jsonl"))
+    logged = [r for r in read_jsonl(os.path.join(workdir, "eval_metrics.jsonl"))
+              if r["split"] == "test" and r["step"] == config.num_train_steps][0]
+    # moment_detr's R1 (top row, IoU >= thr) is the training loop's R@1 on the same top-k file.
+    assert result["num_missing_predictions"] == 0
+    assert result["brief"]["MR-full-R1@0.5"] == pytest.approx(logged["R@1,IoU=0.5"], abs=0.01)
+    assert result["brief"]["MR-full-R1@0.7"] == pytest.approx(logged["R@1,IoU=0.7"], abs=0.01)
+
+
 def test_rerun_resumes_from_checkpoint(trained, tmp_path):
     config, workdir, state, _ = trained
     # Same command again with a larger budget: continues from the last step instead of restarting.
