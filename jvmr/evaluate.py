@@ -4,6 +4,8 @@ Usage::
 
   python -m jvmr.evaluate --protocol=2dtan|moment_detr \\
       --predictions=preds.jsonl --ground_truth=gt.jsonl [--output=metrics.json]
+  python -m jvmr.evaluate --protocol=tvr \\
+      --predictions=submission.json --ground_truth=tvr_val_release.jsonl [--output=metrics.json]
 
 Predictions are JSON lines ``{"qid", "vid", "pred_relevant_windows":
 [[start, end, score], ...]}``; ground truth is JSON lines ``{"qid", "vid",
@@ -18,6 +20,12 @@ Protocols (``jvmr.metrics.PROTOCOLS``):
 * ``moment_detr``: jayleicn/moment_detr ``standalone_eval/eval.py`` (R1 of the
   first row, ActivityNet-style mAP). The JSON output is nested
   (``{"brief": {"MR-full-R1@0.5", ...}, "full": {...}}``).
+* ``tvr``: jayleicn/TVRetrieval ``standalone_eval/eval.py`` on a TVR
+  submission JSON (``{"video2idx", "VCMR", "SVMR", "VR"}``) and a TVR release
+  JSONL (``run_tvr``; not a ``PROTOCOLS`` entry). Output
+  ``{"VCMR": {"0.5-r1", ...}, "SVMR": ..., "VR": {"r1", ...},
+  "VCMR_by_type": {"v-0.5-r1", ..., "desc_type_ratio"}, ...}`` with
+  ``"num_missing_predictions"`` per block.
 
 A ground-truth query without a prediction counts as a miss; their number is
 printed and stored as ``"num_missing_predictions"``. Malformed input (bad JSON,
@@ -35,6 +43,8 @@ import math
 import os
 import sys
 from typing import Any, Sequence
+
+import numpy as np
 
 from jvmr import metrics as metrics_lib
 
@@ -132,6 +142,217 @@ def load_inputs(predictions_path: str, ground_truth_path: str) -> tuple[list[Any
     return qids, [preds.get(q) for q in qids], [gt[q] for q in qids]
 
 
+TVR_PROTOCOL = "tvr"
+#: Every ``--protocol`` value: the ``PROTOCOLS`` names plus ``tvr``.
+ALL_PROTOCOLS = tuple(sorted(set(metrics_lib.PROTOCOLS) | {TVR_PROTOCOL}))
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _tvr_desc(path: str, desc_id: Any, where: str = "") -> str:
+    return f"{path}{where} (desc_id {desc_id!r})"
+
+
+def _parse_tvr_ts(ts: Any, where: str) -> list[list[float]]:
+    """A GT ``ts``: ``[st, ed]`` or a list of ``[st, ed]`` windows (DiDeMo)."""
+    if isinstance(ts, list) and len(ts) == 2 and all(_is_number(x) for x in ts):
+        windows = [ts]
+    elif isinstance(ts, list) and ts and all(isinstance(w, list) for w in ts):
+        windows = ts
+    else:
+        raise InputError(f"{where}: 'ts' must be [st, ed] or a list of [st, ed] windows, got {ts!r}")
+    out = []
+    for w in windows:
+        if len(w) != 2 or not all(_is_number(x) for x in w):
+            raise InputError(f"{where}: bad 'ts' window {w!r}")
+        w = [float(x) for x in w]
+        if not all(math.isfinite(x) for x in w):
+            raise InputError(f"{where}: non-finite 'ts' window {w!r}")
+        if w[0] > w[1]:
+            raise InputError(f"{where}: 'ts' window has st > ed ({w[0]} > {w[1]})")
+        out.append(w)
+    return out
+
+
+def load_tvr_ground_truth(path: str) -> dict[str, Any]:
+    """Reads a TVR release JSONL (``desc_id``, ``vid_name``, ``ts``, ``type``, ...).
+
+    Returns:
+      ``{"desc_ids": [Q], "vid_names": [Q], "windows": [Q] lists of [st, ed],
+      "types": [Q] or None}`` (``types`` is None unless every row has a
+      ``type``).
+
+    Raises:
+      InputError: On malformed rows or duplicate desc_ids.
+    """
+    desc_ids, vid_names, windows, types = [], [], [], []
+    first_line: dict[Any, int] = {}
+    for line_no, row in _read_jsonl(path):
+        for key in ("desc_id", "vid_name", "ts"):
+            if key not in row:
+                raise InputError(f"{_where(path, line_no)}: missing key {key!r}")
+        desc_id = row["desc_id"]
+        where = _tvr_desc(path, desc_id, f":{line_no}")
+        if not isinstance(desc_id, (str, int)) or isinstance(desc_id, bool):
+            raise InputError(f"{where}: desc_id must be a string or an integer")
+        if desc_id in first_line:
+            raise InputError(f"{where}: duplicate desc_id (first on line {first_line[desc_id]})")
+        first_line[desc_id] = line_no
+        if not isinstance(row["vid_name"], str):
+            raise InputError(f"{where}: vid_name must be a string, got {row['vid_name']!r}")
+        if "type" in row and row["type"] not in metrics_lib.TVR_DESC_TYPES:
+            raise InputError(f"{where}: type must be one of {metrics_lib.TVR_DESC_TYPES}, got {row['type']!r}")
+        desc_ids.append(desc_id)
+        vid_names.append(row["vid_name"])
+        windows.append(_parse_tvr_ts(row["ts"], where))
+        types.append(row.get("type"))
+    if not desc_ids:
+        raise InputError(f"{path}: no ground-truth rows")
+    return {"desc_ids": desc_ids, "vid_names": vid_names, "windows": windows,
+            "types": None if any(t is None for t in types) else types}
+
+
+def _tvr_block(path: str, task: str, block: Any, gt_index: dict[Any, int], valid_vids: np.ndarray,
+               max_pred: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One submission block -> (pred_vid, pred_spans, pred_valid, num_missing)."""
+    if not isinstance(block, list):
+        raise InputError(f"{path}: {task!r} must be a list of query entries, got {type(block).__name__}")
+    num_q = len(gt_index)
+    rows: dict[int, np.ndarray] = {}
+    for entry in block:
+        if not isinstance(entry, dict) or "desc_id" not in entry:
+            raise InputError(f"{path}: {task} entries must be objects with a 'desc_id', got {str(entry)[:80]!r}")
+        desc_id = entry["desc_id"]
+        where = f"{path} ({task}, desc_id {desc_id!r})"
+        if isinstance(desc_id, bool) or not isinstance(desc_id, (str, int)) or desc_id not in gt_index:
+            raise InputError(f"{where}: desc_id not in ground truth")
+        q = gt_index[desc_id]
+        if q in rows:
+            raise InputError(f"{where}: duplicate desc_id in {task}")
+        preds = entry.get("predictions")
+        if not isinstance(preds, list):
+            raise InputError(f"{where}: 'predictions' must be a list of [vid_idx, st, ed, score] rows")
+        preds = preds[:max_pred]
+        for j, p in enumerate(preds):
+            if not isinstance(p, (list, tuple)) or len(p) < 3 or not all(_is_number(x) for x in p[:3]):
+                raise InputError(f"{where}: predictions[{j}] must be [vid_idx, st, ed, score], got {p!r}")
+        arr = np.array([p[:3] for p in preds], np.float64).reshape(-1, 3)
+        scores = np.array([p[3] if len(p) > 3 and _is_number(p[3]) else 0.0 for p in preds], np.float64)
+        bad = np.isnan(arr).any(axis=1) | np.isnan(scores)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{where}: predictions[{j}] has a NaN: {preds[j]!r}")
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{where}: predictions[{j}] has a non-finite value: {preds[j]!r}")
+        bad = arr[:, 1] > arr[:, 2]
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{where}: predictions[{j}] has st > ed ({arr[j, 1]} > {arr[j, 2]})")
+        bad = (arr[:, 0] != np.round(arr[:, 0])) | ~np.isin(arr[:, 0], valid_vids)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{where}: predictions[{j}] video index {preds[j][0]!r} is not in video2idx")
+        rows[q] = arr
+    num_p = max([1] + [a.shape[0] for a in rows.values()])
+    pred_vid = np.full((num_q, num_p), -1, np.int64)
+    pred_spans = np.zeros((num_q, num_p, 2))
+    pred_valid = np.zeros((num_q, num_p), bool)
+    for q, a in rows.items():
+        n = a.shape[0]
+        pred_vid[q, :n] = a[:, 0].astype(np.int64)
+        pred_spans[q, :n] = a[:, 1:3]
+        pred_valid[q, :n] = True
+    return pred_vid, pred_spans, pred_valid, num_q - len(rows)
+
+
+def run_tvr(predictions_path: str, ground_truth_path: str, output_path: str | None = None,
+            max_pred_per_query: int = metrics_lib.TVR_MAX_PRED_PER_QUERY) -> dict[str, Any]:
+    """Evaluates a TVR submission JSON against a TVR release JSONL.
+
+    Reproduces jayleicn/TVRetrieval ``standalone_eval/eval.py``
+    (``eval_retrieval``): VCMR / SVMR / VR R@{1,5,10,100} (IoU 0.5 / 0.7 for
+    the moment tasks), by query type, ``round(100 * x, 2)``. Blocks absent from
+    the submission are skipped. Unlike the reference (which asserts that every
+    block covers exactly the GT desc_ids) a GT query missing from a block is a
+    miss and counted.
+
+    Returns:
+      ``metrics_lib.evaluate_tvr``'s dict plus ``"num_queries"`` and
+      ``"num_missing_predictions": {task: n}`` (one entry per block present).
+
+    Raises:
+      InputError: On malformed input (naming the file and the desc_id).
+    """
+    gt = load_tvr_ground_truth(ground_truth_path)
+    try:
+        with open(predictions_path, encoding="utf-8") as f:
+            sub = json.load(f)
+    except OSError as e:
+        raise InputError(f"cannot read {predictions_path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{predictions_path}: invalid JSON: {e}") from None
+    if not isinstance(sub, dict):
+        raise InputError(f"{predictions_path}: expected a JSON object, got {type(sub).__name__}")
+    video2idx = sub.get("video2idx")
+    if not isinstance(video2idx, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in video2idx.values()):
+        raise InputError(f"{predictions_path}: 'video2idx' must be an object {{vid_name: integer index}}")
+    tasks = [t for t in metrics_lib.TVR_TASK_TYPES if t in sub]
+    if not tasks:
+        raise InputError(f"{predictions_path}: no task block (one of {metrics_lib.TVR_TASK_TYPES})")
+    gt_vid = np.empty(len(gt["desc_ids"]), np.int64)
+    for q, (desc_id, vid_name) in enumerate(zip(gt["desc_ids"], gt["vid_names"])):
+        if vid_name not in video2idx:
+            raise InputError(f"{predictions_path}: 'video2idx' lacks {vid_name!r}, the ground-truth video of "
+                             f"desc_id {desc_id!r} ({ground_truth_path})")
+        gt_vid[q] = video2idx[vid_name]
+    gt_spans, gt_valid = metrics_lib.pad_spans(gt["windows"])
+    gt_index = {d: q for q, d in enumerate(gt["desc_ids"])}
+    valid_vids = np.array(sorted(set(video2idx.values())), np.float64)
+    blocks, missing = {}, {}
+    for task in tasks:
+        *arrays, missing[task] = _tvr_block(predictions_path, task, sub[task], gt_index, valid_vids,
+                                            max_pred_per_query)
+        blocks[task] = tuple(arrays)
+    types = None if gt["types"] is None else np.array(gt["types"])
+    result = metrics_lib.evaluate_tvr(blocks, gt_vid, gt_spans, gt_valid, types,
+                                      max_pred_per_query=max_pred_per_query)
+    result["num_queries"] = len(gt["desc_ids"])
+    result["num_missing_predictions"] = missing
+    _write_json(result, output_path)
+    return result
+
+
+def format_tvr_result(result: dict[str, Any]) -> str:
+    """The printed table of a ``run_tvr`` result (one row per task)."""
+    lines = [f"protocol: {TVR_PROTOCOL}"]
+    for task in metrics_lib.TVR_TASK_TYPES:
+        if task not in result:
+            continue
+        keys = list(result[task])
+        width = max(len(k) for k in keys + ["999.99"])
+        lines.append(f"{task:<5}" + "".join(f"  {k:>{width}}" for k in keys))
+        lines.append(" " * 5 + "".join(f"  {result[task][k]:>{width}.2f}" for k in keys))
+    for task, n in result.get("num_missing_predictions", {}).items():
+        if n:
+            lines.append(f"{task}: {n} of {result['num_queries']} queries without predictions (misses)")
+    lines.append(f"num_queries  {result.get('num_queries')}")
+    return "\n".join(lines)
+
+
+def _write_json(result: dict[str, Any], output_path: str | None) -> None:
+    if output_path:
+        directory = os.path.dirname(os.path.abspath(output_path))
+        os.makedirs(directory, exist_ok=True)
+        with open(output_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+
+
 def run(protocol: str, predictions_path: str, ground_truth_path: str,
         output_path: str | None = None) -> dict[str, Any]:
     """Evaluates prediction / ground-truth files and optionally writes JSON.
@@ -150,22 +371,21 @@ def run(protocol: str, predictions_path: str, ground_truth_path: str,
       InputError: On malformed input.
       ValueError: On an unknown protocol.
     """
+    if protocol == TVR_PROTOCOL:
+        return run_tvr(predictions_path, ground_truth_path, output_path)
     proto = metrics_lib.get_protocol(protocol)
     qids, preds, gts = load_inputs(predictions_path, ground_truth_path)
     result = dict(metrics_lib.evaluate_windows(proto, preds, gts))
     result["num_queries"] = len(qids)
     result["num_missing_predictions"] = sum(p is None for p in preds)
-    if output_path:
-        directory = os.path.dirname(os.path.abspath(output_path))
-        os.makedirs(directory, exist_ok=True)
-        with open(output_path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+    _write_json(result, output_path)
     return result
 
 
 def format_result(protocol: str, result: dict[str, Any]) -> str:
     """The printed table of a ``run`` result."""
+    if protocol == TVR_PROTOCOL:
+        return format_tvr_result(result)
     counts = {k: result[k] for k in ("num_queries", "num_missing_predictions") if k in result}
     if "brief" in result:
         table = metrics_lib.format_metrics_table({**result["brief"], **counts})
@@ -186,7 +406,12 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(format_result(cfg.protocol, result))
-    if result["num_missing_predictions"]:
+    if cfg.protocol == TVR_PROTOCOL:
+        for task, n in result["num_missing_predictions"].items():
+            if n:
+                print(f"warning: {task}: {n} of {result['num_queries']} ground-truth queries have no prediction "
+                      "(counted as misses)", file=sys.stderr)
+    elif result["num_missing_predictions"]:
         print(f"warning: {result['num_missing_predictions']} of {result['num_queries']} ground-truth queries "
               "have no prediction (counted as misses)", file=sys.stderr)
     return 0
@@ -195,7 +420,7 @@ def main(argv: Sequence[str]) -> int:
 def define_flags() -> None:
     """Defines the CLI flags (called only when run as a script)."""
     from absl import flags  # pylint: disable=g-import-not-at-top
-    flags.DEFINE_enum("protocol", None, sorted(metrics_lib.PROTOCOLS), "Evaluation protocol.")
+    flags.DEFINE_enum("protocol", None, list(ALL_PROTOCOLS), "Evaluation protocol.")
     flags.DEFINE_string("predictions", None, "Predictions JSONL file.")
     flags.DEFINE_string("ground_truth", None, "Ground-truth JSONL file.")
     flags.DEFINE_string("output", None, "Optional JSON output file.")
