@@ -326,8 +326,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     state = stepper.put_state(state)
 
     def save(step: int, current) -> None:
-        if manager.latest_step() != step:
-            manager.save(step, args=ocp.args.StandardSave(stepper.get_state(current)))
+        if manager.latest_step() == step:
+            return
+        single = stepper.get_state(current)
+        if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(single.params)):
+            raise FloatingPointError(f"parameters are not finite at step {step}; last good "
+                                     f"checkpoint: step {manager.latest_step()}")
+        manager.save(step, args=ocp.args.StandardSave(single))
 
     # The shuffle seed depends on the start step so a resumed run does not replay the same batches.
     train_ds = pipeline.make_dataset(data_dir, config.dataset.train_split, config.dataset,
