@@ -17,6 +17,9 @@ One record = one (video, query) pair, stored as a ``tf.train.Example``:
 | video_shape         | int64[2]      | (T, D)                                                    |
 | subtitle_features   | bytes         | optional extra stream, float32 [S, Ds] (empty if absent)  |
 | subtitle_shape      | int64[2]      | (S, Ds), (0, 0) if absent                                 |
+| query_features      | bytes         | optional query token features, float32 [Lq, Dq] (TVR's    |
+|                     |               | RoBERTa tokens; empty if absent)                          |
+| query_shape         | int64[2]      | (Lq, Dq), (0, 0) if absent                                |
 
 Spans are in seconds so that every dataset (frames, fps, clip grids) is
 converted once, at build time; the pipeline maps them to the model's grid.
@@ -51,6 +54,7 @@ class Example:
     video_features: np.ndarray  # [T, D] float32
     query_type: str = ""
     subtitle_features: np.ndarray | None = None  # [S, Ds] float32
+    query_features: np.ndarray | None = None  # [Lq, Dq] float32
 
     def validate(self, source: str = "<memory>") -> None:
         """Raises SchemaError naming ``source`` and the qid if the example is malformed."""
@@ -82,6 +86,15 @@ class Example:
             raise SchemaError(f"{where}: video_features must be [T>=1, D>=1], got shape {feats.shape}")
         if not np.all(np.isfinite(feats)):
             raise SchemaError(f"{where}: video {self.vid!r} features contain NaN or Inf")
+        for name in ("subtitle_features", "query_features"):
+            extra = getattr(self, name)
+            if extra is None:
+                continue
+            extra = np.asarray(extra)
+            if extra.ndim != 2:
+                raise SchemaError(f"{where}: {name} must be [N, D], got shape {extra.shape}")
+            if not np.all(np.isfinite(extra)):
+                raise SchemaError(f"{where}: {name} contain NaN or Inf")
 
 
 def _bytes(values: Sequence[bytes]):
@@ -105,6 +118,8 @@ def serialize(example: Example) -> bytes:
     feats = np.ascontiguousarray(example.video_features, dtype="<f4")
     sub = example.subtitle_features
     sub = np.zeros((0, 0), "<f4") if sub is None else np.ascontiguousarray(sub, dtype="<f4")
+    qf = example.query_features
+    qf = np.zeros((0, 0), "<f4") if qf is None else np.ascontiguousarray(qf, dtype="<f4")
     feature = {
         "qid": _bytes([example.qid.encode()]),
         "vid": _bytes([example.vid.encode()]),
@@ -120,6 +135,9 @@ def serialize(example: Example) -> bytes:
         "subtitle_features": _bytes([sub.tobytes()]),
         "subtitle_shape": _ints(list(sub.shape)),
     }
+    if example.query_features is not None:  # Written only when present: older readers never see it.
+        feature["query_features"] = _bytes([qf.tobytes()])
+        feature["query_shape"] = _ints(list(qf.shape))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -140,6 +158,8 @@ def feature_spec():
         "video_shape": tf.io.FixedLenFeature([2], tf.int64),
         "subtitle_features": tf.io.FixedLenFeature([], tf.string, default_value=""),
         "subtitle_shape": tf.io.FixedLenFeature([2], tf.int64, default_value=[0, 0]),
+        "query_features": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "query_shape": tf.io.FixedLenFeature([2], tf.int64, default_value=[0, 0]),
     }
 
 
@@ -156,6 +176,8 @@ def parse(serialized):
     out["video_features"] = tf.reshape(tf.io.decode_raw(ex["video_features"], tf.float32), shape)
     sub_shape = tf.cast(ex["subtitle_shape"], tf.int32)
     out["subtitle_features"] = tf.reshape(tf.io.decode_raw(ex["subtitle_features"], tf.float32), sub_shape)
+    query_shape = tf.cast(ex["query_shape"], tf.int32)
+    out["query_features"] = tf.reshape(tf.io.decode_raw(ex["query_features"], tf.float32), query_shape)
     return out
 
 
@@ -163,12 +185,14 @@ def decode(serialized: bytes) -> Example:
     """Parses one record back into an ``Example`` (host side; used by tests and tools)."""
     ex = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in parse(serialized).items()}
     sub = ex["subtitle_features"]
+    qf = ex["query_features"]
     return Example(
         qid=ex["qid"].decode(), vid=ex["vid"].decode(), duration=float(ex["duration"]),
         query=ex["query"].decode(), query_type=ex["query_type"].decode(),
         tokens=[t.decode() for t in ex["tokens"]], dep_heads=[int(h) for h in ex["dep_heads"]],
         dep_labels=[t.decode() for t in ex["dep_labels"]], gt_spans=ex["gt_spans"],
-        video_features=ex["video_features"], subtitle_features=sub if sub.size else None)
+        video_features=ex["video_features"], subtitle_features=sub if sub.size else None,
+        query_features=qf if qf.size else None)
 
 
 def shard_paths(output_dir: str, split: str, num_shards: int) -> list[str]:
@@ -183,6 +207,22 @@ def split_files(data_dir: str, split: str) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no TFRecord shards for split {split!r} in {data_dir}")
     return files
+
+
+def remove_stale_shards(output_dir: str, split: str, num_shards: int) -> None:
+    """Deletes shards of ``split`` left by an earlier build with another shard count."""
+    import glob
+    keep = set(shard_paths(output_dir, split, num_shards))
+    for path in glob.glob(os.path.join(output_dir, f"{split}.tfrecord-*-of-*")):
+        if path not in keep:
+            os.remove(path)
+
+
+def write_text_atomic(path: str, content: str) -> None:
+    """Writes ``content`` to ``path`` through a temporary file, so readers never see half a file."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(content)
+    os.replace(path + ".tmp", path)
 
 
 def write_split(examples: Iterable[Example], output_dir: str, split: str, num_shards: int = 1,

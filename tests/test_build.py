@@ -1,0 +1,282 @@
+"""python -m data_prep.build: full real annotation files with fabricated features, read back through the pipeline."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import zlib
+
+import h5py
+import ml_collections
+import numpy as np
+
+from data_prep import build
+from jvmr.data import annotations, pipeline, schema, text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+def fake_features(key: str, t: int, dim: int) -> np.ndarray:
+    """Deterministic float32 [t, dim] features of one video (or query) id."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    return rng.standard_normal((t, dim), dtype=np.float32)
+
+
+def write_npy_dir(path, keys, t: int, dim: int) -> str:
+    os.makedirs(path, exist_ok=True)
+    for key in keys:
+        np.save(os.path.join(path, f"{os.path.splitext(key)[0]}.npy"), fake_features(key, t, dim))
+    return str(path)
+
+
+def write_hdf5(path, keys, t: int, dim: int, sub_key: str | None = None) -> str:
+    with h5py.File(path, "w") as f:
+        for key in keys:
+            node = f.create_group(key) if sub_key else f
+            node.create_dataset(sub_key or key, data=fake_features(key, t, dim))
+    return str(path)
+
+
+def video_ids(dataset: str) -> list[str]:
+    folder = os.path.join(FIXTURES, dataset)
+    spec = annotations.get_spec(dataset)
+    durations = annotations.load_durations(os.path.join(folder, spec.durations_file)) if spec.durations_file else None
+    vids = {}
+    for path in annotations.find_split_files(spec, folder).values():
+        vids.update((r.vid, None) for r in spec.read(path, annotations.Report("x"), durations))
+    return list(vids)
+
+
+def run_build(*argv: str) -> dict:
+    return build.build(build.parse_args([*argv, "--no_progress"]))
+
+
+def dataset_config(feature_dim: int, max_video_len: int = 4, max_query_len: int = 12) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        feature_dim=feature_dim, max_video_len=max_video_len, max_query_len=max_query_len, max_gt_spans=2,
+        video_sampling="pad", normalize_features=False, shuffle_buffer=10))
+
+
+def read_back(data_dir: str, split: str, cfg, max_batches: int | None = None) -> dict[str, np.ndarray]:
+    """An evaluation pass of the training pipeline (the first ``max_batches`` of 1024), padding removed."""
+    ds = pipeline.make_dataset(data_dir, split, cfg, batch_size=1024, training=False)
+    batches = list(itertools.islice(pipeline.as_numpy(ds), max_batches))
+    out = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    keep = out["example_mask"] > 0
+    return {k: v[keep] for k, v in out.items()}
+
+
+def check_read_back(data_dir: str, split: str, dataset: str, dim: int, t: int, manifest: dict,
+                    max_batches: int | None = None) -> dict:
+    """Reads a split back through the pipeline and compares it with the annotations and fabricated features."""
+    import tensorflow as tf
+    num_records = sum(1 for _ in tf.data.TFRecordDataset(schema.split_files(data_dir, split)))
+    assert num_records == manifest["num_examples"][split]
+    batch = read_back(data_dir, split, dataset_config(dim, max_video_len=max(t, 4)), max_batches)
+    qids = [q.decode() for q in batch["qid"]]
+    assert len(qids) == len(set(qids)) == min(num_records, 1024 * (max_batches or num_records))
+    # Spans and durations equal the cleaned annotation records; features equal the fabricated ones.
+    spec = annotations.get_spec(dataset)
+    folder = os.path.join(FIXTURES, dataset)
+    durations = annotations.load_durations(os.path.join(folder, spec.durations_file)) if spec.durations_file else None
+    path = annotations.find_split_files(spec, folder, [split])[split]
+    records = {r.qid: r for r in annotations.read_split(spec, path, annotations.Report(split), durations)}
+    assert set(qids) <= set(records) and len(records) == num_records
+    want = np.array([records[q].spans[0] for q in qids], np.float32)
+    np.testing.assert_array_equal(batch["gt_spans"][:, 0], want)
+    np.testing.assert_array_equal(batch["gt_spans_mask"], np.tile([1.0, 0.0], (len(qids), 1)))
+    np.testing.assert_array_equal(batch["duration"], np.array([records[q].duration for q in qids], np.float32))
+    np.testing.assert_allclose(batch["gt_span"], want / batch["duration"][:, None], rtol=1e-6)
+    assert batch["video_feats"].shape == (len(qids), max(t, 4), dim)
+    np.testing.assert_array_equal(batch["video_mask"].sum(1), np.full(len(qids), t))
+    for i in range(0, len(qids), 997):  # A spread sample of the features.
+        np.testing.assert_array_equal(batch["video_feats"][i, :t], fake_features(records[qids[i]].vid, t, dim))
+    assert (batch["query_mask"].sum(1) > 0).all()
+    return batch
+
+
+def convert_fixture(tmp_path, dataset: str, *argv: str) -> tuple[dict, str]:
+    """Converts the full annotation files of ``dataset`` in tests/fixtures (no parser) into tmp_path/out."""
+    out = str(tmp_path / "out")
+    return run_build(f"--dataset={dataset}", f"--annotations={FIXTURES}/{dataset}", f"--output_dir={out}",
+                     "--parser=none", *argv), out
+
+
+def expect_accounting(manifest: dict, split: str, published: int, skipped: dict, fixed: dict) -> None:
+    assert manifest["num_records"][split] == published
+    assert manifest["skipped"][split] == skipped and manifest["fixed"][split] == fixed
+    assert manifest["num_examples"][split] == published - sum(skipped.values())
+
+
+def test_charades_sta_full_i3d_npy(tmp_path):
+    feats = write_npy_dir(tmp_path / "i3d", video_ids("charades_sta"), t=2, dim=1024)
+    m, out = convert_fixture(tmp_path, "charades_sta", f"--features={feats}")
+    expect_accounting(m, "train", 12_408, {}, {"end_beyond_duration": 1802})
+    expect_accounting(m, "test", 3_720, {}, {"end_beyond_duration": 562})
+    assert m["num_videos"] == {"train": 5338, "test": 1334}
+    assert m["feature_dim"] == 1024 and m["features"]["video"]["format"] == "npy_dir"
+    assert m["num_shards"] == {"train": 4, "test": 1}
+    assert m["vocab_source"] == "train" and m["vocab_size"] == len(text.read_vocabulary(f"{out}/vocab.txt"))
+    assert set(m["sources"]) == {os.path.join(FIXTURES, "charades_sta", n) for n in (
+        "charades_sta_train.txt", "charades_sta_test.txt", "charades.json")}
+    assert all(len(h) == 64 for h in m["sources"].values())
+    assert m["options"]["dataset"] == "charades_sta" and "jvmr_version" in m
+    with open(f"{out}/manifest.json") as f:
+        assert json.load(f)["num_examples"] == {"train": 12_408, "test": 3_720}
+    check_read_back(out, "test", "charades_sta", 1024, 2, m)
+
+
+def test_activitynet_full_c3d_hdf5_with_sub_key(tmp_path):
+    feats = write_hdf5(tmp_path / "sub_activitynet_v1-3.c3d.hdf5", video_ids("activitynet_captions"), t=2, dim=500,
+                       sub_key="c3d_features")
+    m, out = convert_fixture(tmp_path, "activitynet_captions", f"--features={feats}")
+    assert m["splits"] == ["train", "val_1"]
+    expect_accounting(m, "train", 37_421, {"start_ge_end": 4}, {"end_beyond_duration": 261})
+    expect_accounting(m, "val_1", 17_505, {}, {"end_beyond_duration": 134})
+    assert m["features"]["video"]["format"] == "hdf5" and m["feature_dim"] == 500
+    check_read_back(out, "val_1", "activitynet_captions", 500, 2, m, max_batches=4)
+
+
+def test_tacos_full_c3d_one_hdf5(tmp_path):
+    feats = write_hdf5(tmp_path / "tall_c3d_features.hdf5", video_ids("tacos"), t=1, dim=4096)
+    m, out = convert_fixture(tmp_path, "tacos", f"--features={feats}")
+    expect_accounting(m, "train", 9_790, {}, {"end_beyond_duration": 43})
+    expect_accounting(m, "val", 4_436, {}, {})
+    expect_accounting(m, "test", 4_001, {}, {"end_beyond_duration": 5})
+    check_read_back(out, "test", "tacos", 4096, 1, m)
+
+
+def test_tvr_val_full_video_subtitle_query_streams(tmp_path):
+    with open(os.path.join(FIXTURES, "tvr", "tvr_val_release.jsonl")) as f:
+        desc_ids = [str(json.loads(line)["desc_id"]) for line in f]
+    vids = video_ids("tvr")
+    video = write_hdf5(tmp_path / "video.h5", vids, t=1, dim=3072)
+    subtitle = write_hdf5(tmp_path / "sub.h5", vids, t=1, dim=768)
+    query = write_hdf5(tmp_path / "query.h5", desc_ids, t=2, dim=768)
+    m, out = convert_fixture(tmp_path, "tvr", f"--features={video}", f"--subtitle_features={subtitle}",
+                             f"--query_features={query}")
+    expect_accounting(m, "val", 10_895, {}, {})
+    assert m["query_types"]["val"] == {"t": 964, "v": 8097, "vt": 1834}
+    assert m["feature_dims"] == {"query": 768, "subtitle": 768, "video": 3072}
+    assert m["vocab_source"] == "val"  # No train split here.
+    batch = check_read_back(out, "val", "tvr", 3072, 1, m, max_batches=4)
+    assert {t.decode() for t in batch["query_type"]} == {"v", "t", "vt"}
+    first = next(schema.read_split(out, "val"))
+    np.testing.assert_array_equal(first.subtitle_features, fake_features(first.vid, 1, 768))
+    np.testing.assert_array_equal(first.query_features, fake_features(first.qid, 2, 768))
+
+
+def write_small_charades(tmp_path, lines: list[str], durations: dict[str, float]) -> str:
+    folder = tmp_path / "ann"
+    folder.mkdir()
+    (folder / "charades_sta_train.txt").write_text("\n".join(lines) + "\n")
+    (folder / "charades.json").write_text(json.dumps({v: {"duration": d} for v, d in durations.items()}))
+    return str(folder)
+
+
+def test_feature_defects_are_reported_and_strict_fails(tmp_path, capsys):
+    folder = write_small_charades(tmp_path, [
+        "GOOD1 1.0 5.0##a person opens a door.", "GOOD1 2.0 6.0##a person sits down.",
+        "MISS1 1.0 5.0##missing features.", "NANV1 1.0 5.0##nan features.", "NANV1 2.0 5.0##nan again.",
+        "WDIM1 1.0 5.0##wrong dimension.", "RANK1 1.0 5.0##three dimensional array."],
+        {v: 30.0 for v in ("GOOD1", "MISS1", "NANV1", "WDIM1", "RANK1")})
+    feats = tmp_path / "feats"
+    write_npy_dir(feats, ["GOOD1"], t=3, dim=1024)
+    nan = fake_features("NANV1", 3, 1024)
+    nan[1, 5] = np.nan
+    np.save(feats / "NANV1.npy", nan)
+    np.save(feats / "WDIM1.npy", fake_features("WDIM1", 3, 512))
+    np.save(feats / "RANK1.npy", np.zeros((3, 2, 1024), np.float32))
+    out = str(tmp_path / "out")
+    m = run_build("--dataset=charades_sta", f"--annotations={folder}", f"--features={feats}", f"--output_dir={out}",
+                  "--parser=none")
+    assert m["num_examples"] == {"train": 2}
+    assert m["skipped"]["train"] == {"missing_video_features": 1, "nonfinite_video_features": 2,
+                                     "wrong_video_feature_dim": 1, "bad_video_features": 1}
+    messages = m["report_messages"]["train"]
+    assert "MISS1" in messages["skipped:missing_video_features"][0]
+    assert "NANV1.npy" in messages["skipped:nonfinite_video_features"][0]
+    assert "2 record(s)" in messages["skipped:nonfinite_video_features"][0]
+    assert "expected dimension 1024" in messages["skipped:wrong_video_feature_dim"][0]
+    assert "line 6" in messages["skipped:wrong_video_feature_dim"][0]
+    printed = capsys.readouterr().out
+    assert "wrong_video_feature_dim" in printed and "train: 2 examples of 7 records" in printed
+    # --strict: the first problem is an error naming the file; the command exits 1 and writes no manifest.
+    assert build.main(["--dataset=charades_sta", f"--annotations={folder}", f"--features={feats}",
+                       f"--output_dir={out}", "--parser=none", "--strict", "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    assert "strict" in err and "MISS1" in err and not os.path.exists(f"{out}/manifest.json")
+    # Features of another kind altogether: nothing converted is an error, with the table.
+    assert build.main(["--dataset=charades_sta", f"--annotations={folder}", f"--features={feats}",
+                       f"--output_dir={out}", "--parser=none", "--feature_dim=2048", "--no_progress"]) == 1
+    assert "nothing converted" in capsys.readouterr().err
+
+
+def test_command_line_resample_normalise_glove(tmp_path):
+    folder = write_small_charades(tmp_path, [
+        "VIDAA 1.0 5.0##The person opens the door.", "VIDBB 2.0 6.0##A person sits on a chair.",
+        "VIDBB 0.5 3.0##person holding a zebra."], {"VIDAA": 20.0, "VIDBB": 25.0})
+    feats = write_npy_dir(tmp_path / "feats", ["VIDAA", "VIDBB"], t=10, dim=1024)
+    glove = tmp_path / "glove.txt"
+    glove.write_text("the 0.1 0.2 0.3\nperson 1 2 3\nopens -1 0 1\n. . . 9 9 9\ndoor 4 5 6\n")
+    out = str(tmp_path / "out")
+    proc = subprocess.run(
+        [sys.executable, "-m", "data_prep.build", "--dataset=charades_sta", f"--annotations={folder}",
+         f"--features={feats}", f"--output_dir={out}", "--parser=none", "--num_clips=4", "--l2_normalize",
+         f"--glove={glove}", "--num_shards=2"],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "train: 3 examples of 3 records, 2 videos" in proc.stdout
+    assert len(schema.split_files(out, "train")) == 2
+    examples = {e.qid: e for e in schema.read_split(out, "train")}
+    assert sorted(examples) == ["VIDAA_1", "VIDBB_2", "VIDBB_3"]
+    # Numpy reference: row-wise L2 normalisation, then the mean over 4 linspace bins of the 10 clips.
+    x = fake_features("VIDBB", 10, 1024).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    edges = np.round(np.linspace(0, 10, 5)).astype(int)
+    want = np.stack([x[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:])])
+    np.testing.assert_allclose(examples["VIDBB_3"].video_features, want, rtol=1e-5, atol=1e-6)
+    assert examples["VIDBB_2"].tokens == ["a", "person", "sits", "on", "a", "chair"]
+    vocab = text.read_vocabulary(f"{out}/vocab.txt")
+    emb = np.load(f"{out}/embeddings.npy")
+    assert emb.shape == (len(vocab), 3) and emb.dtype == np.float32
+    np.testing.assert_array_equal(emb[vocab.index("person")], [1, 2, 3])
+    np.testing.assert_array_equal(emb[vocab.index("door")], [4, 5, 6])
+    np.testing.assert_array_equal(emb[0], 0)
+    with open(f"{out}/manifest.json") as f:
+        m = json.load(f)
+    assert m["glove"]["found"] == 4 and m["glove"]["dim"] == 3 and m["num_clips"] == 4 and m["l2_normalized"]
+    # Rebuilding with fewer shards leaves no stale shard; a split without train reuses a vocabulary.
+    m = run_build("--dataset=charades_sta", f"--annotations={folder}", f"--features={feats}",
+                  f"--output_dir={out}", "--parser=none", "--num_shards=1")
+    assert len(schema.split_files(out, "train")) == 1 and m["num_shards"] == {"train": 1}
+    other = str(tmp_path / "other")
+    m = run_build("--dataset=charades_sta", f"--annotations={folder}/charades_sta_train.txt", "--splits=test",
+                  f"--features={feats}", f"--output_dir={other}", "--parser=none", f"--vocab={out}/vocab.txt")
+    assert m["splits"] == ["test"] and m["vocab_source"] == os.path.abspath(f"{out}/vocab.txt")
+    assert text.read_vocabulary(f"{other}/vocab.txt") == vocab
+
+
+def test_spacy_parses_map_to_known_labels(tmp_path):
+    with open(os.path.join(FIXTURES, "charades_sta", "charades_sta_test.txt")) as f:
+        lines = f.read().splitlines()[:300]
+    folder = tmp_path / "ann"
+    folder.mkdir()
+    (folder / "charades_sta_test.txt").write_text("\n".join(lines) + "\n")
+    (folder / "charades.json").symlink_to(os.path.join(FIXTURES, "charades_sta", "charades.json"))
+    feats = write_npy_dir(tmp_path / "feats", sorted({line.split()[0] for line in lines}), t=2, dim=1024)
+    out = str(tmp_path / "out")
+    m = run_build("--dataset=charades_sta", f"--annotations={folder}", f"--features={feats}", f"--output_dir={out}")
+    assert m["num_examples"] == {"test": 300} and m["parser"]["name"] == "spacy"
+    assert m["unknown_dependency_labels"] == [] and {"root", "nsubj", "dobj", "det"} <= set(m["dependency_labels"])
+    batch = read_back(out, "test", dataset_config(1024, max_query_len=30))
+    arcs = (batch["edge_mask"] > 0) & (batch["edge_directions"] < 2)
+    assert arcs.sum() > 1000
+    labels = batch["edge_labels"][arcs]
+    assert not np.isin(labels, [text.DEP_PAD_ID, text.DEP_SELF_ID, text.DEP_UNK_ID]).any()
+    assert labels.max() < text.NUM_DEPENDENCY_LABELS
+    for ex in schema.read_split(out, "test"):  # Every parse is a forest over its own tokens with a root.
+        assert -1 in ex.dep_heads and all(-1 <= h < len(ex.tokens) for h in ex.dep_heads)
+        assert all((lab == "root") == (h == -1) for h, lab in zip(ex.dep_heads, ex.dep_labels))
