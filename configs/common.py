@@ -1,10 +1,8 @@
 """Keys shared by every model's config (``get_base_config``) and the dataset presets."""
 
-import dataclasses
-
 import ml_collections
 
-from jvmr.data import synthetic
+from configs import datasets
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -27,22 +25,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.loss = ml_collections.ConfigDict()
 
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "synthetic"
-    config.dataset.data_dir = ""  # Empty: WORKDIR/data (the synthetic benchmark is built there).
-    config.dataset.feature_dim = 128
-    config.dataset.max_video_len = 64  # T, the model's clip grid.
-    config.dataset.max_query_len = 20  # L.
-    config.dataset.max_gt_spans = 4
-    config.dataset.video_sampling = "pad"  # 'pad' (mask) or 'resample' (mean-pool to T clips).
-    config.dataset.normalize_features = False
-    config.dataset.shuffle_buffer = 10_000
-    config.dataset.train_split = "train"
-    config.dataset.eval_splits = ("val", "test", "test_novel")
-    # jvmr.data.synthetic.SyntheticConfig (seed, sizes, difficulty) of the embedded benchmark;
-    # its feature_dim is dataset.feature_dim.
-    config.dataset.synthetic = ml_collections.ConfigDict(
-        {k: v for k, v in dataclasses.asdict(synthetic.SyntheticConfig()).items() if k != "feature_dim"})
+    # The embedded benchmark; configs.datasets has the other datasets' blocks
+    # (model configs take them as ``--config=configs/MODEL.py:DATASET``).
+    config.dataset = datasets.dataset_config("synthetic", explicit=False)
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"
@@ -58,11 +43,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer.warmup_init_lr = 0.0
     config.optimizer.warmup_steps = 0
 
+    # How candidates are scored is the protocol's (dataset.protocol, jvmr.metrics.PROTOCOLS).
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 128
-    config.eval.ks = (1, 5)
-    config.eval.iou_thresholds = (0.1, 0.3, 0.5, 0.7)
-    config.eval.nms_threshold = 0.5  # NMS over candidate moments before R@k (<= 0: plain top-k).
-    config.eval.iou_comparison = ">="
     config.eval.write_predictions = True
     return config

@@ -24,7 +24,7 @@ def get_config():
     config.model.num_gcn_layers = 1
     config.model.anchor_widths = (2, 4, 8)
 
-    config.dataset.feature_dim = 16
+    config.dataset.synthetic.feature_dim = 16
     config.dataset.max_video_len = 32
     config.dataset.max_query_len = 16
     synth = config.dataset.synthetic

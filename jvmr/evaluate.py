@@ -2,7 +2,7 @@
 
 Usage::
 
-  python -m jvmr.evaluate --protocol=2dtan|moment_detr \\
+  python -m jvmr.evaluate --protocol=2dtan|moment_detr|jvmr \\
       --predictions=preds.jsonl --ground_truth=gt.jsonl [--output=metrics.json]
   python -m jvmr.evaluate --protocol=tvr \\
       --predictions=submission.json --ground_truth=tvr_val_release.jsonl [--output=metrics.json]
@@ -17,12 +17,15 @@ Protocols (``jvmr.metrics.PROTOCOLS``):
 
 * ``2dtan``: microsoft/2D-TAN ``lib/core/eval.py`` (NMS 0.5, R@{1,5} with a
   strict ``>``, mIoU). The JSON output is flat (``"R@1,IoU=0.5"``, ``"mIoU"``).
+* ``jvmr``: the library default (the embedded benchmark's tables): as
+  ``2dtan`` but counting IoU ``>=`` t and breaking score ties earlier-first.
 * ``moment_detr``: jayleicn/moment_detr ``standalone_eval/eval.py`` (R1 of the
-  first row, ActivityNet-style mAP). The JSON output is nested
-  (``{"brief": {"MR-full-R1@0.5", ...}, "full": {...}}``).
+  first row, ActivityNet-style mAP, short / middle / long GT length ranges).
+  The JSON output is nested (``{"brief": {"MR-full-R1@0.5", ...}, "full":
+  {...}, "long": .., "middle": .., "short": ..}``).
 * ``tvr``: jayleicn/TVRetrieval ``standalone_eval/eval.py`` on a TVR
   submission JSON (``{"video2idx", "VCMR", "SVMR", "VR"}``) and a TVR release
-  JSONL (``run_tvr``; not a ``PROTOCOLS`` entry). Output
+  JSONL (``run_tvr``). Output
   ``{"VCMR": {"0.5-r1", ...}, "SVMR": ..., "VR": {"r1", ...},
   "VCMR_by_type": {"v-0.5-r1", ..., "desc_type_ratio"}, ...}`` with
   ``"num_missing_predictions"`` per block.
@@ -142,9 +145,10 @@ def load_inputs(predictions_path: str, ground_truth_path: str) -> tuple[list[Any
     return qids, [preds.get(q) for q in qids], [gt[q] for q in qids]
 
 
+#: The protocol whose files are a TVR submission JSON and a TVR release JSONL.
 TVR_PROTOCOL = "tvr"
-#: Every ``--protocol`` value: the ``PROTOCOLS`` names plus ``tvr``.
-ALL_PROTOCOLS = tuple(sorted(set(metrics_lib.PROTOCOLS) | {TVR_PROTOCOL}))
+#: Every ``--protocol`` value (``jvmr.metrics.PROTOCOLS``).
+ALL_PROTOCOLS = tuple(sorted(metrics_lib.PROTOCOLS))
 
 
 def _is_number(x: Any) -> bool:

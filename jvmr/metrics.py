@@ -51,6 +51,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 IOU_COMPARISONS = (">=", ">")
+PROTOCOL_OUTPUTS = ("flat", "moment_detr", "tvr")
 DEFAULT_KS = (1, 5)
 DEFAULT_IOU_THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
 
@@ -86,10 +87,20 @@ class Protocol:
         for no mAP. Only used by ``evaluate_windows``.
       max_pred_windows: Number of leading prediction rows used for the mAP
         (moment_detr ``max_pred_windows=10``), ``None`` for all.
+      iou_union: How the IoU with the ground truth divides: ``'exact'``
+        (``len_a + len_b - inter``) or ``'hull'`` (``max(e) - min(s)``); equal
+        in exact arithmetic when the spans overlap, but they round apart on
+        threshold boundaries, so each protocol uses its reference's.
+      gt_select: With several GT windows, ``None`` takes the best IoU; a union
+        name picks the window by that IoU first (moment_detr R1: ``'exact'``).
+      output: The result's structure: ``'flat'`` (``{'R@1,IoU=0.5': .., 'mIoU':
+        ..}``), ``'moment_detr'`` (``{'brief': .., 'full': .., 'short': ..}``)
+        or ``'tvr'`` (``{'SVMR': {'0.5-r1': ..}}``), each as its reference
+        evaluator writes it. ``flat_metrics`` turns any of them into flat keys.
       reference: The reference evaluator the protocol reproduces (free text).
     """
 
-    name: str = "default"
+    name: str = "jvmr"
     ks: tuple[int, ...] = DEFAULT_KS
     iou_thresholds: tuple[float, ...] = DEFAULT_IOU_THRESHOLDS
     iou_comparison: str = ">="
@@ -98,6 +109,9 @@ class Protocol:
     rank_by: str = "score"
     map_iou_thresholds: tuple[float, ...] = ()
     max_pred_windows: int | None = None
+    iou_union: str = "exact"
+    gt_select: str | None = None
+    output: str = "flat"
     reference: str = ""
 
     def __post_init__(self):
@@ -114,14 +128,23 @@ class Protocol:
             raise ValueError(f"map_iou_thresholds must be in [0, 1], got {self.map_iou_thresholds!r}")
         if self.max_pred_windows is not None and self.max_pred_windows < 1:
             raise ValueError(f"max_pred_windows must be >= 1 or None, got {self.max_pred_windows!r}")
+        if self.iou_union not in ("exact", "hull") or self.gt_select not in (None, "exact", "hull"):
+            raise ValueError(f"iou_union / gt_select must be 'exact' or 'hull', got {self.iou_union!r} / "
+                             f"{self.gt_select!r}")
+        if self.output not in PROTOCOL_OUTPUTS:
+            raise ValueError(f"output must be one of {PROTOCOL_OUTPUTS}, got {self.output!r}")
+        if self.output == "moment_detr" and not self.map_iou_thresholds:
+            raise ValueError("output='moment_detr' needs map_iou_thresholds")
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``evaluate_predictions`` (everything but the name)."""
         return dict(ks=tuple(self.ks), iou_thresholds=tuple(self.iou_thresholds),
-                    iou_comparison=self.iou_comparison, nms_threshold=self.nms_threshold)
+                    iou_comparison=self.iou_comparison, nms_threshold=self.nms_threshold,
+                    iou_union=self.iou_union, gt_select=self.gt_select)
 
 
-DEFAULT_PROTOCOL = Protocol()
+DEFAULT_PROTOCOL = Protocol(
+    name="jvmr", reference="2D-TAN's NMS 0.5 then R@{1,5}, counting IoU >= t as TVR / moment_detr / UnLoc do")
 
 
 def recall_key(k: int, threshold: float) -> str:
@@ -133,16 +156,20 @@ def recall_key(k: int, threshold: float) -> str:
 # IoU
 
 
-def temporal_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def temporal_iou(a: np.ndarray, b: np.ndarray, union: str = "exact") -> np.ndarray:
     """IoU of spans, broadcasting over the leading dimensions.
 
-    ``inter = max(0, min(e_a, e_b) - max(s_a, s_b))``,
-    ``union = len_a + len_b - inter`` with ``len = max(0, e - s)``; the IoU is 0
-    where the union is 0 (two zero-length spans).
+    ``inter = max(0, min(e_a, e_b) - max(s_a, s_b))``, and the union is
+    ``len_a + len_b - inter`` with ``len = max(0, e - s)`` (``union='exact'``)
+    or the hull ``max(e_a, e_b) - min(s_a, s_b)`` (``union='hull'``, as 2D-TAN,
+    TVRetrieval and moment_detr's R1 compute it). The two agree in exact
+    arithmetic whenever ``inter > 0`` but round differently, which decides
+    IoUs that sit on a threshold. The IoU is 0 where the union is 0.
 
     Args:
       a: [..., 2] spans ``[start, end]``.
       b: [..., 2] spans, broadcastable against ``a``.
+      union: ``'exact'`` or ``'hull'``.
 
     Returns:
       float64 [...] IoU in [0, 1] (the broadcast shape without the last axis).
@@ -152,11 +179,16 @@ def temporal_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape[-1:] != (2,) or b.shape[-1:] != (2,):
         raise ValueError(f"spans must have a last axis of size 2, got {a.shape} and {b.shape}")
     inter = np.maximum(0.0, np.minimum(a[..., 1], b[..., 1]) - np.maximum(a[..., 0], b[..., 0]))
-    len_a = np.maximum(0.0, a[..., 1] - a[..., 0])
-    len_b = np.maximum(0.0, b[..., 1] - b[..., 0])
-    union = len_a + len_b - inter
+    if union == "exact":
+        len_a = np.maximum(0.0, a[..., 1] - a[..., 0])
+        len_b = np.maximum(0.0, b[..., 1] - b[..., 0])
+        total = len_a + len_b - inter
+    elif union == "hull":
+        total = np.maximum(a[..., 1], b[..., 1]) - np.minimum(a[..., 0], b[..., 0])
+    else:
+        raise ValueError(f"union must be 'exact' or 'hull', got {union!r}")
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+        iou = np.where(total > 0, inter / np.where(total > 0, total, 1.0), 0.0)
     return iou
 
 
@@ -360,7 +392,7 @@ def _check_gt(gt_spans: np.ndarray, gt_valid: np.ndarray | None, num_q: int) -> 
 
 
 def best_gt_iou(pred_spans: np.ndarray, pred_valid: np.ndarray | None, gt_spans: np.ndarray,
-                gt_valid: np.ndarray | None) -> np.ndarray:
+                gt_valid: np.ndarray | None, iou_union: str = "exact", gt_select: str | None = None) -> np.ndarray:
     """Each prediction's best IoU over its query's valid ground-truth spans.
 
     Args:
@@ -368,6 +400,11 @@ def best_gt_iou(pred_spans: np.ndarray, pred_valid: np.ndarray | None, gt_spans:
       pred_valid: [Q, K] validity or ``None`` (all valid).
       gt_spans: [Q, G, 2] ground-truth spans (or [Q, 2] for one span each).
       gt_valid: [Q, G] validity or ``None`` (all valid).
+      iou_union: ``temporal_iou``'s union of the reported IoU.
+      gt_select: ``None``: the max over GT spans of that IoU; ``'exact'`` /
+        ``'hull'``: the GT span that maximises *this* IoU (first on ties), then
+        its ``iou_union`` IoU (moment_detr's R1 picks with the exact union and
+        scores with the hull).
 
     Returns:
       float64 [Q, K]: the max IoU over valid gt spans, -1 for invalid predictions.
@@ -384,16 +421,24 @@ def best_gt_iou(pred_spans: np.ndarray, pred_valid: np.ndarray | None, gt_spans:
     if pred_valid.shape != (num_q, num_k):
         raise ValueError(f"pred_valid has shape {pred_valid.shape}, expected {(num_q, num_k)}")
     gt_spans, gt_valid = _check_gt(gt_spans, gt_valid, num_q)
-    iou = temporal_iou(pred_spans[:, :, None, :], gt_spans[:, None, :, :])  # [Q, K, G]
+    iou = temporal_iou(pred_spans[:, :, None, :], gt_spans[:, None, :, :], iou_union)  # [Q, K, G]
     iou = np.where(gt_valid[:, None, :], iou, -1.0)
-    best = iou.max(axis=2) if iou.shape[2] else np.full((num_q, num_k), -1.0)
+    if not iou.shape[2]:
+        best = np.full((num_q, num_k), -1.0)
+    elif gt_select is None or gt_select == iou_union:
+        best = iou.max(axis=2)
+    else:
+        select = temporal_iou(pred_spans[:, :, None, :], gt_spans[:, None, :, :], gt_select)
+        pick = np.argmax(np.where(gt_valid[:, None, :], select, -1.0), axis=2)
+        best = np.take_along_axis(iou, pick[..., None], 2)[..., 0]
     return np.where(pred_valid, best, -1.0)
 
 
 def recall_at_k(pred_spans: np.ndarray, pred_valid: np.ndarray | None, gt_spans: np.ndarray,
                 gt_valid: np.ndarray | None, ks: Sequence[int] = DEFAULT_KS,
                 iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
-                iou_comparison: str = ">=") -> dict[str, float]:
+                iou_comparison: str = ">=", iou_union: str = "exact",
+                gt_select: str | None = None) -> dict[str, float]:
     """R@k at IoU thresholds and mIoU of ranked predictions.
 
     The predictions of a query are ranked by position; invalid slots are
@@ -411,6 +456,7 @@ def recall_at_k(pred_spans: np.ndarray, pred_valid: np.ndarray | None, gt_spans:
       ks: The k of R@k.
       iou_thresholds: IoU thresholds.
       iou_comparison: ``'>='`` or ``'>'``.
+      iou_union, gt_select: see ``best_gt_iou``.
 
     Returns:
       ``{'R@k,IoU=t': percent, ..., 'mIoU': percent}`` (python floats), keys
@@ -422,7 +468,7 @@ def recall_at_k(pred_spans: np.ndarray, pred_valid: np.ndarray | None, gt_spans:
       ValueError: On bad shapes or parameters, or a query without valid gt.
     """
     _check_ks_thresholds(ks, iou_thresholds, iou_comparison)
-    best = best_gt_iou(pred_spans, pred_valid, gt_spans, gt_valid)  # [Q, K], -1 invalid
+    best = best_gt_iou(pred_spans, pred_valid, gt_spans, gt_valid, iou_union, gt_select)  # [Q, K], -1 invalid
     valid = best > -1.0
     num_q = best.shape[0]
     rank = np.cumsum(valid, axis=1)  # 1-based rank among valid predictions
@@ -464,7 +510,8 @@ def evaluate_predictions(cand_spans: np.ndarray, cand_scores: np.ndarray, gt_spa
                          ks: Sequence[int] = DEFAULT_KS,
                          iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
                          iou_comparison: str = ">=",
-                         nms_threshold: float | None = 0.5) -> EvaluationResult:
+                         nms_threshold: float | None = 0.5, iou_union: str = "exact",
+                         gt_select: str | None = None) -> EvaluationResult:
     """Scored candidates -> kept top-k -> R@k / mIoU (the training loop's entry point).
 
     Default protocol (``DEFAULT_PROTOCOL``): greedy NMS with threshold 0.5
@@ -482,7 +529,9 @@ def evaluate_predictions(cand_spans: np.ndarray, cand_scores: np.ndarray, gt_spa
       ks: The k of R@k; ``max(ks)`` spans are kept.
       iou_thresholds: IoU thresholds.
       iou_comparison: ``'>='`` or ``'>'``.
-      nms_threshold: NMS IoU threshold or ``None`` (no NMS).
+      nms_threshold: NMS IoU threshold or ``None`` (no NMS; NMS IoUs use the
+        exact union, as 2D-TAN's and moment_detr's ``nms``).
+      iou_union, gt_select: the IoU against the ground truth (``best_gt_iou``).
 
     Returns:
       ``EvaluationResult(metrics, spans, scores, valid, indices)``.
@@ -493,7 +542,8 @@ def evaluate_predictions(cand_spans: np.ndarray, cand_scores: np.ndarray, gt_spa
     """
     _check_ks_thresholds(ks, iou_thresholds, iou_comparison)
     kept = batched_temporal_nms(cand_spans, cand_scores, nms_threshold, max(int(k) for k in ks), cand_valid)
-    metrics = recall_at_k(kept.spans, kept.valid, gt_spans, gt_valid, ks, iou_thresholds, iou_comparison)
+    metrics = recall_at_k(kept.spans, kept.valid, gt_spans, gt_valid, ks, iou_thresholds, iou_comparison,
+                          iou_union, gt_select)
     return EvaluationResult(metrics, kept.spans, kept.scores, kept.valid, kept.indices)
 
 
@@ -501,24 +551,24 @@ def evaluate_predictions(cand_spans: np.ndarray, cand_scores: np.ndarray, gt_spa
 # Ragged helpers
 
 
-def pad_spans(spans_list: Sequence[np.ndarray], min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Pads a ragged list of [G_i, 2] span arrays.
+def pad_rows(rows_list: Sequence[np.ndarray], cols: int, min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Pads a ragged list of [N_i, cols] arrays to ``([Q, N, cols] float64, valid [Q, N] bool)``.
 
-    Args:
-      spans_list: Q arrays of shape [G_i, 2] (or [2] for one span).
-      min_len: Minimum padded length G.
-
-    Returns:
-      ``(spans [Q, G, 2] float64, valid [Q, G] bool)`` with ``G = max(min_len, max G_i)``.
+    ``N = max(min_len, max N_i)``; a 1-D entry of ``cols`` values is one row.
     """
-    arrs = [np.asarray(s, np.float64).reshape(-1, 2) for s in spans_list]
-    g = max([min_len] + [a.shape[0] for a in arrs])
-    spans = np.zeros((len(arrs), g, 2))
-    valid = np.zeros((len(arrs), g), bool)
+    arrs = [np.asarray(r, np.float64).reshape(-1, cols) for r in rows_list]
+    n = max([min_len] + [a.shape[0] for a in arrs])
+    out = np.zeros((len(arrs), n, cols))
+    valid = np.zeros((len(arrs), n), bool)
     for i, a in enumerate(arrs):
-        spans[i, :a.shape[0]] = a
+        out[i, :a.shape[0]] = a
         valid[i, :a.shape[0]] = True
-    return spans, valid
+    return out, valid
+
+
+def pad_spans(spans_list: Sequence[np.ndarray], min_len: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Pads Q ragged [G_i, 2] span arrays: ``(spans [Q, G, 2], valid [Q, G])``, G = max(min_len, max G_i)."""
+    return pad_rows(spans_list, 2, min_len)
 
 
 # ---------------------------------------------------------------------------
@@ -641,6 +691,49 @@ def write_ground_truth_jsonl(path: str, qids: Sequence[Any], vids: Sequence[Any]
     return len(rows)
 
 
+def _tvr_desc_id(qid: Any) -> Any:
+    qid = _py(qid)
+    return int(qid) if isinstance(qid, str) and qid.isdigit() else qid
+
+
+def write_tvr_files(submission_path: str, ground_truth_path: str | None, qids: Sequence[Any],
+                    vids: Sequence[Any], queries: Sequence[Any], query_types: Sequence[Any],
+                    durations: Sequence[float], spans: np.ndarray, scores: np.ndarray, valid: np.ndarray,
+                    gt_spans: np.ndarray, gt_valid: np.ndarray) -> None:
+    """Writes single-video predictions as a TVR submission and the GT as TVR release rows.
+
+    The submission is ``{"video2idx": {vid: idx}, "SVMR": [{"desc_id", "desc",
+    "predictions": [[vid_idx, st, ed, score], ...]}]}`` (ranked rows on the
+    query's own video); the ground truth has one ``{"desc_id", "vid_name",
+    "duration", "ts", "desc", "type"}`` row per query (``ts`` = ``[st, ed]``, or
+    a list of windows when there are several). Numeric qids are written as
+    integer desc_ids, as in the TVR release, so the files also evaluate against
+    it. ``python -m jvmr.evaluate --protocol=tvr`` reads both.
+    """
+    video2idx: dict[str, int] = {}
+    for v in vids:
+        video2idx.setdefault(str(_py(v)), len(video2idx))
+    entries, gt_rows = [], []
+    for i, qid in enumerate(qids):
+        vid = str(_py(vids[i]))
+        preds = [[video2idx[vid], _r4(s), _r4(e), _r4(c)]
+                 for (s, e), c, ok in zip(spans[i], scores[i], valid[i]) if ok]
+        entries.append({"desc_id": _tvr_desc_id(qid), "desc": _py(queries[i]), "predictions": preds})
+        windows = [[_r4(s), _r4(e)] for (s, e), ok in zip(gt_spans[i], gt_valid[i]) if ok]
+        qtype = _py(query_types[i])
+        row = {"desc_id": _tvr_desc_id(qid), "vid_name": vid, "duration": _r4(durations[i]),
+               "ts": windows[0] if len(windows) == 1 else windows, "desc": _py(queries[i])}
+        if qtype in TVR_DESC_TYPES:
+            row["type"] = qtype
+        gt_rows.append(row)
+    tmp = submission_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"video2idx": video2idx, "SVMR": entries}, f)
+    os.replace(tmp, submission_path)
+    if ground_truth_path and not os.path.exists(ground_truth_path):
+        _write_jsonl(ground_truth_path, gt_rows)
+
+
 # ---------------------------------------------------------------------------
 # Logging
 
@@ -713,29 +806,74 @@ def format_metrics_table(metrics: dict[str, Any], precision: int = 2) -> str:
 #: moment_detr's ``np.linspace(0.5, 0.95, 10)`` rounded as ``float(f"{e:.2f}")``.
 MOMENT_DETR_IOU_THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
 
+TVR_TASK_TYPES = ("VCMR", "SVMR", "VR")
+TVR_DESC_TYPES = ("v", "t", "vt")
+TVR_IOU_THRESHOLDS = (0.5, 0.7)
+TVR_RECALL_TOPKS = (1, 5, 10, 100)
+TVR_MAX_PRED_PER_QUERY = 100
+#: A GT row with at least this many windows (DiDeMo) needs a prediction that
+#: matches at least ``TVR_MIN_OVERLAPS`` of them; otherwise 1.
+TVR_MULTI_WINDOW_MIN = 4
+TVR_MIN_OVERLAPS = 2
+#: moment_detr's length ranges of GT windows (seconds, ``min < length <= max``);
+#: ``"full"`` keeps every window.
+MOMENT_DETR_LENGTH_RANGES = (("short", 0.0, 10.0), ("middle", 10.0, 30.0), ("long", 30.0, 150.0),
+                             ("full", 0.0, 150.0))
+
 PROTOCOLS: dict[str, Protocol] = {
+    # The library default (the embedded benchmark's tables): 2D-TAN's NMS then
+    # top-5, with the >= of the other evaluators and earlier-first ties.
+    "jvmr": DEFAULT_PROTOCOL,
     # microsoft/2D-TAN lib/core/eval.py (eval / nms / iou) with the candidate
     # ranking of moment_localization/test.py (np.argsort(score)[::-1]).
     "2dtan": Protocol(
         name="2dtan", ks=(1, 5), iou_thresholds=(0.1, 0.3, 0.5, 0.7), iou_comparison=">",
-        nms_threshold=0.5, tie_break="later", rank_by="score",
+        nms_threshold=0.5, tie_break="later", rank_by="score", iou_union="hull",
         reference="microsoft/2D-TAN lib/core/eval.py"),
-    # jayleicn/moment_detr standalone_eval/eval.py (eval_submission; the "full"
-    # length range, compute_mr_r1 and compute_mr_ap with max_pred_windows=10).
+    # jayleicn/moment_detr standalone_eval/eval.py (eval_submission: compute_mr_r1
+    # and compute_mr_ap with max_pred_windows=10, over the short / middle / long /
+    # full GT length ranges).
     "moment_detr": Protocol(
         name="moment_detr", ks=(1,), iou_thresholds=MOMENT_DETR_IOU_THRESHOLDS, iou_comparison=">=",
-        nms_threshold=None, tie_break="earlier", rank_by="given",
-        map_iou_thresholds=MOMENT_DETR_IOU_THRESHOLDS, max_pred_windows=10,
+        nms_threshold=None, tie_break="earlier", rank_by="given", iou_union="hull", gt_select="exact",
+        map_iou_thresholds=MOMENT_DETR_IOU_THRESHOLDS, max_pred_windows=10, output="moment_detr",
         reference="jayleicn/moment_detr standalone_eval/eval.py"),
+    # jayleicn/TVRetrieval standalone_eval/eval.py: R@{1,5,10,100} over the first
+    # 100 predictions as given, IoU >= 0.5 / 0.7, no NMS. On per-query windows
+    # (the video known) this is its SVMR task; corpus submissions (VCMR / VR)
+    # go through evaluate_tvr (``jvmr.evaluate --protocol=tvr``).
+    "tvr": Protocol(
+        name="tvr", ks=TVR_RECALL_TOPKS, iou_thresholds=TVR_IOU_THRESHOLDS, iou_comparison=">=",
+        nms_threshold=None, tie_break="earlier", rank_by="given", max_pred_windows=TVR_MAX_PRED_PER_QUERY,
+        iou_union="hull", output="tvr", reference="jayleicn/TVRetrieval standalone_eval/eval.py"),
 }
+
+#: The protocol each dataset's published tables use (``dataset.protocol`` when empty).
+DATASET_PROTOCOLS: dict[str, str] = {
+    "synthetic": "jvmr",
+    "charades_sta": "2dtan",
+    "activitynet_captions": "2dtan",
+    "tacos": "2dtan",
+    "tvr": "tvr",
+}
+
+
+def protocol_for_dataset(dataset: str, protocol: str = "") -> Protocol:
+    """``protocol`` if given, else the protocol of ``dataset`` (``DATASET_PROTOCOLS``)."""
+    if protocol:
+        return get_protocol(protocol)
+    if dataset not in DATASET_PROTOCOLS:
+        raise ValueError(f"no default protocol for dataset {dataset!r}; set dataset.protocol to one of "
+                         f"{sorted(PROTOCOLS)}")
+    return PROTOCOLS[DATASET_PROTOCOLS[dataset]]
 
 
 def get_protocol(name: str | Protocol) -> Protocol:
     """Looks up a named protocol.
 
     Args:
-      name: A key of ``PROTOCOLS`` (``'2dtan'`` or ``'moment_detr'``); a
-        ``Protocol`` instance is returned unchanged.
+      name: A key of ``PROTOCOLS`` (``'jvmr'``, ``'2dtan'``, ``'moment_detr'``
+        or ``'tvr'``); a ``Protocol`` instance is returned unchanged.
 
     Returns:
       The ``Protocol``.
@@ -822,6 +960,63 @@ def detection_average_precision(gt_windows: np.ndarray, pred_windows: np.ndarray
     return np.array([interpolated_average_precision(precision[ti], recall[ti]) for ti in range(num_t)])
 
 
+def batched_detection_average_precision(gt_spans: np.ndarray, gt_valid: np.ndarray, pred: np.ndarray,
+                                        pred_valid: np.ndarray, iou_thresholds: Sequence[float]) -> np.ndarray:
+    """``detection_average_precision`` of many queries at once (vectorised over queries and thresholds).
+
+    Same semantics, bit for bit up to float summation order: each query's valid
+    predictions sorted by score (stable), greedy matching rank by rank to the
+    unmatched GT window of highest IoU ``>= t`` (ties: the later window), then
+    the interpolated AP. Loops only over the P ranks.
+
+    Args:
+      gt_spans: [Q, G, 2] GT windows; gt_valid: bool [Q, G] (>= 1 per query).
+      pred: [Q, P, 3] ``[start, end, score]`` rows (already truncated, e.g. to 10);
+      pred_valid: bool [Q, P].
+      iou_thresholds: [T] thresholds.
+
+    Returns:
+      float64 [Q, T] AP (0 for a query without predictions).
+    """
+    gt_spans = np.asarray(gt_spans, np.float64)
+    gt_valid = np.asarray(gt_valid, bool)
+    pred = np.asarray(pred, np.float64)
+    pred_valid = np.asarray(pred_valid, bool)
+    num_q, num_p = pred_valid.shape
+    thr = np.asarray(iou_thresholds, np.float64)
+    if num_p == 0:
+        return np.zeros((num_q, len(thr)))
+    key = np.where(pred_valid, pred[..., 2], -np.inf)
+    order = np.argsort(-key, axis=1, kind="stable")
+    order = np.take_along_axis(order, np.argsort(~np.take_along_axis(pred_valid, order, 1), axis=1, kind="stable"), 1)
+    pred = np.take_along_axis(pred, order[..., None], 1)
+    pred_valid = np.take_along_axis(pred_valid, order, 1)
+    iou = temporal_iou(pred[:, :, None, :2], gt_spans[:, None, :, :])  # [Q, P, G]
+    num_g = gt_spans.shape[1]
+    locked = np.zeros((len(thr), num_q, num_g), bool)
+    tp = np.zeros((len(thr), num_q, num_p))
+    for p in range(num_p):
+        ok = (iou[None, :, p, :] >= thr[:, None, None]) & ~locked & gt_valid[None] & pred_valid[None, :, p, None]
+        cand = np.where(ok, iou[None, :, p, :], -np.inf)[..., ::-1]
+        g = num_g - 1 - np.argmax(cand, axis=-1)  # [T, Q]: highest IoU, later window on ties
+        has = ok.any(axis=-1)
+        tp[:, :, p] = has
+        t_idx, q_idx = np.nonzero(has)
+        locked[t_idx, q_idx, g[t_idx, q_idx]] = True
+    fp = (1.0 - tp) * pred_valid[None]
+    tp_cum = np.cumsum(tp, axis=-1)
+    fp_cum = np.cumsum(fp, axis=-1)
+    recall = tp_cum / gt_valid.sum(axis=1)[None, :, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp_cum + fp_cum > 0, tp_cum / (tp_cum + fp_cum), 0.0)
+    zeros = np.zeros(precision.shape[:2] + (1,))
+    mprec = np.concatenate([zeros, precision, zeros], axis=-1)
+    mrec = np.concatenate([zeros, recall, zeros + 1.0], axis=-1)
+    mprec = np.maximum.accumulate(mprec[..., ::-1], axis=-1)[..., ::-1]
+    ap = np.sum((mrec[..., 1:] - mrec[..., :-1]) * mprec[..., 1:], axis=-1)  # [T, Q]
+    return ap.T
+
+
 def _windows(w: Any, cols: int, what: str) -> np.ndarray:
     arr = np.asarray([] if w is None else w, np.float64)
     if arr.size == 0:
@@ -834,6 +1029,187 @@ def _windows(w: Any, cols: int, what: str) -> np.ndarray:
 
 def _pct2(x: float) -> float:
     return round(float(x) * 100.0, 2)
+
+
+def _moment_detr_block(pred: np.ndarray, pred_valid: np.ndarray, gt_spans: np.ndarray, gt_valid: np.ndarray,
+                       protocol: Protocol) -> dict[str, dict[str, float]]:
+    """``{"MR-mAP": .., "MR-R1": ..}`` of moment_detr for one length range (padded arrays)."""
+    has = pred_valid[:, 0]
+    top1_iou = np.where(has, best_gt_iou(pred[:, :1, :2], pred_valid[:, :1], gt_spans, gt_valid,
+                                         protocol.iou_union, protocol.gt_select)[:, 0], 0.0)
+    r1 = {str(t): _pct2(np.mean(iou_passes(top1_iou, t, protocol.iou_comparison))) for t in protocol.iou_thresholds}
+    limit = protocol.max_pred_windows or pred.shape[1]
+    aps = batched_detection_average_precision(gt_spans, gt_valid, pred[:, :limit], pred_valid[:, :limit],
+                                              protocol.map_iou_thresholds)
+    ap_thds = aps.mean(axis=0)
+    mr_map = {str(t): _pct2(v) for t, v in zip(protocol.map_iou_thresholds, ap_thds)}
+    mr_map["average"] = _pct2(np.mean(ap_thds))
+    return {"MR-mAP": mr_map, "MR-R1": r1}
+
+
+def _moment_detr_empty_block() -> dict[str, dict[str, float]]:
+    # moment_detr's placeholder for a length range without queries: float keys
+    # np.linspace(0.5, 0.95, 19) (json writes them as repr strings) and "average", all 0.
+    dummy = {repr(float(k)): 0.0 for k in np.linspace(0.5, 0.95, 19)}
+    dummy["average"] = 0.0
+    return {"MR-mAP": dict(dummy), "MR-R1": dict(dummy)}
+
+
+def moment_detr_result(pred: np.ndarray, pred_valid: np.ndarray, gt_spans: np.ndarray, gt_valid: np.ndarray,
+                       protocol: str | Protocol = "moment_detr") -> dict[str, Any]:
+    """moment_detr ``eval_submission``'s moment-retrieval output.
+
+    Args:
+      pred: [Q, P, 3] prediction rows ``[start, end, score]`` in rank order
+        (first row = top-1); pred_valid: bool [Q, P], a prefix per query (none
+        = a miss).
+      gt_spans: [Q, G, 2] GT windows; gt_valid: bool [Q, G] (>= 1 per query).
+      protocol: A protocol with ``output='moment_detr'``.
+
+    Returns:
+      ``{"brief": {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP",
+      "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-short-mAP", "MR-middle-mAP",
+      "MR-long-mAP"}, "full" | "short" | "middle" | "long": {"MR-mAP": {"0.5":
+      .., "average": ..}, "MR-R1": {"0.5": .., ...}}}``. A length range keeps
+      the queries with a GT window of length in ``(min, max]`` and only those
+      windows; "full" keeps everything.
+    """
+    protocol = get_protocol(protocol)
+    pred, pred_valid = np.asarray(pred, np.float64), np.asarray(pred_valid, bool)
+    gt_spans, gt_valid = np.asarray(gt_spans, np.float64), np.asarray(gt_valid, bool)
+    if pred.shape[0] == 0:
+        raise ValueError("no queries to evaluate")
+    length = gt_spans[..., 1] - gt_spans[..., 0]
+    out: dict[str, Any] = {}
+    for name, lo, hi in MOMENT_DETR_LENGTH_RANGES:
+        keep = gt_valid if name == "full" else gt_valid & (length > lo) & (length <= hi)
+        sel = keep.any(axis=1)
+        if not sel.any():
+            out[name] = _moment_detr_empty_block()
+            continue
+        out[name] = _moment_detr_block(pred[sel], pred_valid[sel], gt_spans[sel], keep[sel], protocol)
+    full = out["full"]
+    brief = {
+        "MR-full-mAP": full["MR-mAP"]["average"],
+        "MR-full-mAP@0.5": full["MR-mAP"].get("0.5"),
+        "MR-full-mAP@0.75": full["MR-mAP"].get("0.75"),
+        "MR-short-mAP": out["short"]["MR-mAP"]["average"],
+        "MR-middle-mAP": out["middle"]["MR-mAP"]["average"],
+        "MR-long-mAP": out["long"]["MR-mAP"]["average"],
+        "MR-full-R1@0.5": full["MR-R1"].get("0.5"),
+        "MR-full-R1@0.7": full["MR-R1"].get("0.7"),
+    }
+    brief = {k: v for k, v in sorted(brief.items()) if v is not None}
+    return {"brief": brief, **{k: out[k] for k in sorted(out)}}
+
+
+def _tvr_svmr_result(ranked: np.ndarray, valid: np.ndarray, gt_spans: np.ndarray, gt_valid: np.ndarray,
+                     protocol: Protocol, desc_types: np.ndarray | None = None) -> dict[str, Any]:
+    """TVR's SVMR block for predictions on the GT video ([Q, P, 2] in rank order)."""
+    m = protocol.max_pred_windows or ranked.shape[1]
+    num_q = ranked.shape[0]
+    vid = np.zeros((num_q, min(m, ranked.shape[1])), np.int64)
+    vid_match, correct = tvr_correct(vid, ranked[:, :m], valid[:, :m], np.zeros(num_q, np.int64), gt_spans, gt_valid,
+                                     protocol.iou_thresholds)
+    svmr, by_type = evaluate_tvr_task("SVMR", vid_match, correct, desc_types, protocol.iou_thresholds, protocol.ks)
+    out: dict[str, Any] = {"SVMR": svmr}
+    if desc_types is not None:
+        out["SVMR_by_type"] = by_type
+    return out
+
+
+def _rank_by_score(spans: np.ndarray, scores: np.ndarray, valid: np.ndarray,
+                   tie_break: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sorts each query's candidates by score (valid first); ties per ``tie_break``."""
+    n = scores.shape[1]
+    key = np.where(valid, scores, -np.inf)
+    if tie_break == "later":
+        order = n - 1 - np.argsort(-key[:, ::-1], axis=1, kind="stable")
+    else:
+        order = np.argsort(-key, axis=1, kind="stable")
+    # Invalid candidates last, whatever their score.
+    order = np.take_along_axis(order, np.argsort(~np.take_along_axis(valid, order, 1), axis=1, kind="stable"), 1)
+    return (np.take_along_axis(spans, order[..., None], 1), np.take_along_axis(scores, order, 1),
+            np.take_along_axis(valid, order, 1), order)
+
+
+def evaluate_candidates(protocol: str | Protocol, cand_spans: np.ndarray, cand_scores: np.ndarray,
+                        gt_spans: np.ndarray, gt_valid: np.ndarray | None = None,
+                        cand_valid: np.ndarray | None = None,
+                        desc_types: np.ndarray | None = None) -> tuple[dict[str, Any], EvaluationResult]:
+    """Scores a model's candidate moments under a named protocol (the training loop's entry point).
+
+    The candidates are ranked by score (ties per the protocol), then:
+    ``'flat'`` protocols apply their NMS / top-k and R@k / mIoU
+    (``evaluate_predictions``); ``'moment_detr'`` takes the first
+    ``max_pred_windows`` ranked rows (``moment_detr_result``); ``'tvr'`` the
+    first 100 as TVR's SVMR task (the video is known).
+
+    Args:
+      protocol: A ``PROTOCOLS`` name or a ``Protocol``.
+      cand_spans: [Q, N, 2] candidate spans in seconds.
+      cand_scores: [Q, N] scores (higher is better).
+      gt_spans: [Q, G, 2] ground-truth spans in seconds.
+      gt_valid: [Q, G] or ``None`` (all valid).
+      cand_valid: [Q, N] or ``None`` (all valid; ``-inf`` scores are invalid).
+      desc_types: Optional [Q] TVR query types (v / t / vt) for ``SVMR_by_type``.
+
+    Returns:
+      ``(metrics in the protocol's own structure, EvaluationResult of the
+      ranked predictions to write: spans [Q, K, 2], scores, valid, indices)``.
+    """
+    protocol = get_protocol(protocol)
+    cand_spans = np.asarray(cand_spans, np.float64)
+    cand_scores = np.asarray(cand_scores, np.float64)
+    valid = np.isfinite(cand_scores) if cand_valid is None else np.asarray(cand_valid, bool) & ~np.isneginf(cand_scores)
+    nan = np.isnan(cand_scores) & valid
+    if nan.any():
+        raise ValueError(f"NaN score for query {int(np.flatnonzero(nan.any(axis=1))[0])}")
+    gt_spans, gt_valid = _check_gt(np.asarray(gt_spans, np.float64), gt_valid, cand_spans.shape[0])
+    if protocol.output == "flat":
+        spans, scores, valid, order = cand_spans, cand_scores, valid, None
+        if protocol.tie_break == "later":  # NMS breaks ties by index, earlier first
+            spans, scores, valid = spans[:, ::-1], scores[:, ::-1], valid[:, ::-1]
+        result = evaluate_predictions(spans, scores, gt_spans, gt_valid, valid, **protocol.kwargs())
+        if protocol.tie_break == "later":
+            result = result._replace(indices=np.where(result.valid, cand_spans.shape[1] - 1 - result.indices, -1))
+        return result.metrics, result
+    spans, scores, valid, order = _rank_by_score(cand_spans, cand_scores, valid, protocol.tie_break)
+    k = min(protocol.max_pred_windows or spans.shape[1], spans.shape[1])
+    spans, scores, valid, order = spans[:, :k], scores[:, :k], valid[:, :k], order[:, :k]
+    if protocol.output == "moment_detr":
+        metrics = moment_detr_result(np.concatenate([spans, scores[..., None]], axis=-1), valid, gt_spans, gt_valid,
+                                     protocol)
+    else:
+        metrics = _tvr_svmr_result(spans, valid, gt_spans, gt_valid, protocol, desc_types)
+    return metrics, EvaluationResult(metrics, spans, np.where(valid, scores, -np.inf), valid,
+                                     np.where(valid, order, -1))
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """One level of ``{key: number}`` from any protocol's result (for logs and TensorBoard).
+
+    ``'flat'`` results are returned as they are; moment_detr's ``brief`` block
+    is used as it is (``MR-full-R1@0.5``, ...); TVR blocks become
+    ``"{task}-{key}"`` (``SVMR-0.5-r1``); other nested blocks and strings are
+    left out.
+    """
+    if "brief" in metrics:
+        return dict(metrics["brief"])
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            if key in TVR_TASK_TYPES:
+                out.update({f"{key}-{k}": v for k, v in value.items()})
+        elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+def primary_metric_key(protocol: str | Protocol) -> str:
+    """The flat key of a protocol's headline number (R@1 at IoU 0.5)."""
+    protocol = get_protocol(protocol)
+    return {"flat": recall_key(1, 0.5), "moment_detr": "MR-full-R1@0.5", "tvr": "SVMR-0.5-r1"}[protocol.output]
 
 
 def evaluate_windows(protocol: str | Protocol, pred_windows: Sequence[Any],
@@ -849,20 +1225,25 @@ def evaluate_windows(protocol: str | Protocol, pred_windows: Sequence[Any],
     over them; 2D-TAN has one). The result is flat:
     ``{'R@1,IoU=0.5': pct, ..., 'mIoU': pct}`` (unrounded percentages).
 
-    For protocols with ``map_iou_thresholds`` (``'moment_detr'``) the result
-    follows moment_detr ``standalone_eval/eval.py`` ``eval_submission``
-    (``"full"`` range, no NMS)::
+    Under ``'moment_detr'`` the result follows moment_detr
+    ``standalone_eval/eval.py`` ``eval_submission`` (no NMS; see
+    ``moment_detr_result``)::
 
         {"brief": {"MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP",
-                   "MR-full-mAP@0.5", "MR-full-mAP@0.75"},
+                   "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-short-mAP",
+                   "MR-middle-mAP", "MR-long-mAP"},
          "full": {"MR-mAP": {"0.5": .., ..., "average": ..},
-                  "MR-R1": {"0.5": .., ...}}}
+                  "MR-R1": {"0.5": .., ...}},
+         "long": .., "middle": .., "short": ..}
 
     R1 takes the *first* prediction row (no re-sorting) and its IoU with the
     GT window it overlaps most, correct if ``>= t``. mAP is
     ``detection_average_precision`` on the first ``max_pred_windows`` rows,
     averaged over queries, then over thresholds (``"average"``). Values are
     ``round(100 * x, 2)``.
+
+    Under ``'tvr'`` the rows are taken as given (first 100) and scored as TVR's
+    SVMR task: ``{"SVMR": {"0.5-r1": .., ..., "0.7-r100": ..}}``.
 
     A query whose prediction is ``None`` or empty is a miss (IoU 0, AP 0);
     moment_detr itself requires a prediction for every query.
@@ -891,55 +1272,17 @@ def evaluate_windows(protocol: str | Protocol, pred_windows: Sequence[Any],
         if np.isnan(p[:, 2]).any():
             raise ValueError(f"NaN prediction score in query {i}")
     gt_spans, gt_valid = pad_spans(gts)
-
-    if protocol.rank_by == "score":
-        ranked = []
-        for p in preds:
-            if protocol.tie_break == "later":
-                p = p[::-1]
-            ranked.append(p[np.argsort(-p[:, 2], kind="stable")])
-    else:
-        ranked = preds
-    if not protocol.map_iou_thresholds:
-        num_c = max([1] + [p.shape[0] for p in ranked])
-        cand = np.zeros((len(ranked), num_c, 2))
-        scores = np.full((len(ranked), num_c), -np.inf)
-        valid = np.zeros((len(ranked), num_c), bool)
-        for i, p in enumerate(ranked):
-            cand[i, :p.shape[0]] = p[:, :2]
-            scores[i, :p.shape[0]] = p[:, 2]
-            valid[i, :p.shape[0]] = True
-        if protocol.rank_by == "given":  # positions are the ranks
-            k = max(protocol.ks)
-            return recall_at_k(cand[:, :k], valid[:, :k], gt_spans, gt_valid, protocol.ks,
-                               protocol.iou_thresholds, protocol.iou_comparison)
-        return evaluate_predictions(cand, scores, gt_spans, gt_valid, valid, **protocol.kwargs()).metrics
-
-    # moment_detr-style output.
-    num_q = len(ranked)
-    top1 = np.zeros((num_q, 1, 2))
-    has = np.array([p.shape[0] > 0 for p in ranked], bool)
-    for i, p in enumerate(ranked):
-        if p.shape[0]:
-            top1[i, 0] = p[0, :2]
-    top1_iou = np.where(has, best_gt_iou(top1, has[:, None], gt_spans, gt_valid)[:, 0], 0.0)
-    r1 = {str(t): _pct2(np.mean(iou_passes(top1_iou, t, protocol.iou_comparison)) if num_q else math.nan)
-          for t in protocol.iou_thresholds}
-    limit = protocol.max_pred_windows
-    aps = np.array([detection_average_precision(g, p if limit is None else p[:limit], protocol.map_iou_thresholds)
-                    for g, p in zip(gts, ranked)]).reshape(num_q, len(protocol.map_iou_thresholds))
-    ap_thds = aps.mean(axis=0) if num_q else np.full(len(protocol.map_iou_thresholds), math.nan)
-    mr_map = {str(t): _pct2(v) for t, v in zip(protocol.map_iou_thresholds, ap_thds)}
-    mr_map["average"] = _pct2(np.mean(ap_thds))
-    brief = {}
-    for t in (0.5, 0.7):
-        if str(t) in r1:
-            brief[f"MR-full-R1@{t}"] = r1[str(t)]
-    brief["MR-full-mAP"] = mr_map["average"]
-    for t in (0.5, 0.75):
-        if str(t) in mr_map:
-            brief[f"MR-full-mAP@{t}"] = mr_map[str(t)]
-    return {"brief": brief, "full": {"MR-mAP": mr_map, "MR-R1": r1}}
+    rows, valid = pad_rows(preds, 3)
+    if protocol.output == "moment_detr" and protocol.rank_by == "given":
+        return moment_detr_result(rows, valid, gt_spans, gt_valid, protocol)
+    cand, scores = rows[..., :2], np.where(valid, rows[..., 2], -np.inf)
+    if protocol.rank_by == "given":  # positions are the ranks
+        if protocol.output == "tvr":
+            return _tvr_svmr_result(cand, valid, gt_spans, gt_valid, protocol)
+        k = max(protocol.ks)
+        return recall_at_k(cand[:, :k], valid[:, :k], gt_spans, gt_valid, protocol.ks,
+                           protocol.iou_thresholds, protocol.iou_comparison, protocol.iou_union, protocol.gt_select)
+    return evaluate_candidates(protocol, cand, scores, gt_spans, gt_valid, valid)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -950,15 +1293,6 @@ def evaluate_windows(protocol: str | Protocol, pred_windows: Sequence[Any],
 # own entry points ``tvr_correct`` / ``evaluate_tvr_task`` / ``evaluate_tvr``;
 # ``jvmr.evaluate --protocol=tvr`` is its command-line front end.
 
-TVR_TASK_TYPES = ("VCMR", "SVMR", "VR")
-TVR_DESC_TYPES = ("v", "t", "vt")
-TVR_IOU_THRESHOLDS = (0.5, 0.7)
-TVR_RECALL_TOPKS = (1, 5, 10, 100)
-TVR_MAX_PRED_PER_QUERY = 100
-#: A GT row with at least this many windows (DiDeMo) needs a prediction that
-#: matches at least ``TVR_MIN_OVERLAPS`` of them; otherwise 1.
-TVR_MULTI_WINDOW_MIN = 4
-TVR_MIN_OVERLAPS = 2
 
 
 def tvr_temporal_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ with orbax so that rerunning the same command resumes from the latest step.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -46,10 +47,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
     if ds.name == "synthetic":
         from jvmr.data import synthetic
         data_dir = ds.data_dir or os.path.join(workdir, "data")
-        overrides = dict(ds.synthetic.to_dict())
-        overrides["feature_dim"] = int(ds.feature_dim)
         start = time.time()
-        manifest = synthetic.build(data_dir, synthetic.config_from_dict(overrides))
+        manifest = synthetic.build(data_dir, synthetic.config_from_dict(ds.synthetic.to_dict()))
         logging.info("Synthetic benchmark ready in %s (%.1fs): %s", data_dir, time.time() - start,
                      manifest["num_examples"])
         return data_dir
@@ -66,6 +65,75 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def _manifest_feature_dim(manifest: dict[str, Any]) -> int | None:
+    dim = manifest.get("feature_dim")
+    if dim is None and isinstance(manifest.get("feature_dims"), dict):
+        dim = manifest["feature_dims"].get("video")
+    return None if dim is None else int(dim)
+
+
+def resolve_dataset(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the dataset facts read from ``DATA_DIR/manifest.json``.
+
+    Fills ``dataset.feature_dim`` (0 = from the manifest; a value must agree),
+    ``dataset.eval_splits`` (empty = every split of the manifest except the
+    training split) and ``dataset.protocol`` (empty = the dataset's protocol,
+    ``jvmr.metrics.DATASET_PROTOCOLS``), and checks that the manifest is the
+    named dataset's and has the splits asked for.
+    """
+    config = copy.deepcopy(config)
+    ds = config.dataset
+    manifest = read_manifest(data_dir)
+    where = os.path.join(data_dir, "manifest.json")
+    if not manifest:
+        if not ds.feature_dim or not ds.eval_splits:
+            raise FileNotFoundError(f"{where} is missing: set dataset.feature_dim and dataset.eval_splits, or "
+                                    "build the data with `python -m data_prep.build`")
+    else:
+        if manifest.get("dataset") not in (None, ds.name):
+            raise ValueError(f"{where} is dataset {manifest['dataset']!r}, but dataset.name is {ds.name!r}")
+        dim = _manifest_feature_dim(manifest)
+        if not ds.feature_dim:
+            if dim is None:
+                raise ValueError(f"{where} has no feature_dim: set dataset.feature_dim")
+            ds.feature_dim = dim
+        elif dim is not None and dim != ds.feature_dim:
+            raise ValueError(f"dataset.feature_dim is {ds.feature_dim} but the features in {data_dir} are "
+                             f"{dim}-d ({where}); leave dataset.feature_dim at 0 to use the data's")
+        splits = [name for name, n in manifest.get("num_examples", {}).items() if n]
+        if splits:
+            if not ds.eval_splits:
+                # Validation splits first, then test splits (val, val_1, val_2, test, test_novel, ...).
+                order = lambda n: (0 if n.startswith("val") else 1 if n.startswith("test") else 2, n)  # noqa: E731
+                ds.eval_splits = tuple(sorted((n for n in splits if n != ds.train_split), key=order))
+            missing = [name for name in (ds.train_split, *ds.eval_splits) if name not in splits]
+            if missing:
+                raise ValueError(f"split(s) {missing} not in {data_dir}, which has {splits} ({where})")
+    if not ds.eval_splits:
+        raise ValueError(f"no evaluation split: set dataset.eval_splits ({where})")
+    ds.protocol = metrics_lib.protocol_for_dataset(ds.name, ds.protocol).name
+    return config
+
+
+def load_pretrained_embeddings(params: Any, data_dir: str) -> Any:
+    """Puts ``DATA_DIR/embeddings.npy`` [V, D] (GloVe rows aligned with vocab.txt) in ``params['word_embed']``."""
+    path = os.path.join(data_dir, "embeddings.npy")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset.pretrained_embeddings is set but {path} does not exist "
+                                "(build the data with `python -m data_prep.build --glove=...`)")
+    table = np.load(path)
+    if "word_embed" not in params:
+        raise ValueError("dataset.pretrained_embeddings is set but the model has no 'word_embed' table")
+    current = params["word_embed"]["embedding"]
+    if table.shape != current.shape:
+        raise ValueError(f"{path} has shape {table.shape} but the model's word table is {current.shape} "
+                         "([vocab size, model.word_dim]); set model.word_dim to the vectors' width")
+    params = dict(params)
+    params["word_embed"] = dict(params["word_embed"], embedding=jnp.asarray(table, current.dtype))
+    logging.info("Loaded pretrained word vectors %s from %s", table.shape, path)
+    return params
 
 
 # ------------------------------------------------------------------------ model/opt
@@ -216,12 +284,15 @@ class Stepper:
 
 
 def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np.ndarray]],
-             eval_config: ml_collections.ConfigDict) -> tuple[dict[str, float], dict[str, Any]]:
-    """Runs the model over one split and scores it on continuous time (seconds).
+             protocol: str | metrics_lib.Protocol) -> tuple[dict[str, float], dict[str, Any]]:
+    """Runs the model over one split and scores it under ``protocol`` on continuous time (seconds).
 
-    Returns the metrics (percent, keys like ``R@1,IoU=0.5``; plus per query type)
-    and the per-query top-k predictions for writing.
+    Returns the flat metrics (``jvmr.metrics.flat_metrics``: percent, keys like
+    ``R@1,IoU=0.5`` or ``MR-full-R1@0.5``; plus the headline metric per query
+    type as ``{type}/{key}``) and the per-query ranked predictions for writing,
+    with the protocol's full result under ``"metrics"``.
     """
+    protocol = metrics_lib.get_protocol(protocol)
     cand_spans, cand_scores, gts, gt_masks, host = [], [], [], [], {k: [] for k in pipeline.HOST_KEYS}
     durations = []
     for batch in batches:
@@ -238,28 +309,34 @@ def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np
     scores = np.concatenate(cand_scores)
     gt = np.concatenate(gts)
     gt_mask = np.concatenate(gt_masks)
-    scored = metrics_lib.evaluate_predictions(
-        spans, scores, gt, gt_mask, np.isfinite(scores),
-        nms_threshold=eval_config.nms_threshold if eval_config.nms_threshold > 0 else None,
-        ks=tuple(eval_config.ks), iou_thresholds=tuple(eval_config.iou_thresholds),
-        iou_comparison=eval_config.iou_comparison)
-    result = dict(scored.metrics)
     query_types = np.asarray(host["query_type"])
+    tvr_types = query_types if set(query_types) <= set(metrics_lib.TVR_DESC_TYPES) else None
+    full, scored = metrics_lib.evaluate_candidates(protocol, spans, scores, gt, gt_mask, np.isfinite(scores),
+                                                   desc_types=tvr_types)
+    result = metrics_lib.flat_metrics(full)
     if len(set(query_types)) > 1:
-        key = "R@1,IoU=0.5"
+        key = metrics_lib.primary_metric_key(protocol)
         for qtype in sorted(set(query_types)):
             sel = query_types == qtype
-            sub = metrics_lib.recall_at_k(scored.spans[sel], scored.valid[sel], gt[sel], gt_mask[sel],
-                                          ks=(1,), iou_thresholds=(0.5,),
-                                          iou_comparison=eval_config.iou_comparison)
-            result[f"{qtype}/{key}"] = sub[key]
+            sub, _ = metrics_lib.evaluate_candidates(protocol, spans[sel], scores[sel], gt[sel], gt_mask[sel],
+                                                     np.isfinite(scores[sel]))
+            result[f"{qtype}/{key}"] = metrics_lib.flat_metrics(sub)[key]
     predictions = dict(host, duration=np.concatenate(durations), spans=scored.spans, scores=scored.scores,
-                       valid=scored.valid, gt_spans=gt, gt_valid=gt_mask)
+                       valid=scored.valid, gt_spans=gt, gt_valid=gt_mask, metrics=full, protocol=protocol.name)
     return result, predictions
 
 
 def write_predictions(directory: str, split: str, step: int, predictions: dict[str, Any]) -> None:
-    """Writes ``{split}_step{step}.jsonl`` and, once, ``{split}_ground_truth.jsonl`` for ``jvmr.evaluate``."""
+    """Writes the files that let any run be re-scored by ``python -m jvmr.evaluate``.
+
+    * ``{split}_step{step}.jsonl`` (moment_detr rows, ranked) and, once,
+      ``{split}_ground_truth.jsonl``: ``--protocol=jvmr|2dtan|moment_detr``;
+    * for the ``tvr`` protocol also ``{split}_step{step}_tvr.json`` (a TVR
+      submission with the SVMR block) and ``{split}_tvr_ground_truth.jsonl`` (TVR
+      release rows): ``--protocol=tvr``;
+    * ``{split}_step{step}_metrics.json``: the protocol's full result, in its
+      reference evaluator's structure, with the protocol's name.
+    """
     os.makedirs(directory, exist_ok=True)
     metrics_lib.write_predictions_jsonl(
         os.path.join(directory, f"{split}_step{step}.jsonl"), predictions["qid"], predictions["vid"],
@@ -270,19 +347,32 @@ def write_predictions(directory: str, split: str, step: int, predictions: dict[s
         metrics_lib.write_ground_truth_jsonl(
             gt_path, predictions["qid"], predictions["vid"], predictions["duration"], predictions["gt_spans"],
             predictions["gt_valid"], queries=predictions["query"])
+    if predictions.get("protocol") == "tvr":
+        metrics_lib.write_tvr_files(
+            os.path.join(directory, f"{split}_step{step}_tvr.json"),
+            os.path.join(directory, f"{split}_tvr_ground_truth.jsonl"),
+            predictions["qid"], predictions["vid"], predictions["query"], predictions["query_type"],
+            predictions["duration"], predictions["spans"], predictions["scores"], predictions["valid"],
+            predictions["gt_spans"], predictions["gt_valid"])
+    if "metrics" in predictions:
+        with open(os.path.join(directory, f"{split}_step{step}_metrics.json"), "w") as f:
+            json.dump({"protocol": predictions.get("protocol"), **predictions["metrics"]}, f, indent=2)
 
 
 # ------------------------------------------------------------------------ main loop
 
 
-def _log_eval(workdir: str, writer, step: int, split: str, result: dict[str, float]) -> None:
+def _log_eval(workdir: str, writer, step: int, split: str, protocol: str, result: dict[str, float]) -> None:
+    """Appends ``{"step", "split", "protocol", metrics...}`` to eval_metrics.jsonl; TensorBoard tags
+    ``{split}/{protocol}/{key}``."""
     if jax.process_index() != 0:
         return
+    row = {"step": step, "split": split, "protocol": protocol, **{k: round(float(v), 4) for k, v in result.items()}}
     with open(os.path.join(workdir, "eval_metrics.jsonl"), "a") as f:
-        f.write(json.dumps({"step": step, "split": split, **{k: round(float(v), 4) for k, v in result.items()}}) + "\n")
+        f.write(json.dumps(row) + "\n")
     for k, v in result.items():
-        writer.scalar(f"{split}/{k}", v, step)
-    logging.info("[step %d] %s:\n%s", step, split, metrics_lib.format_metrics_table(result))
+        writer.scalar(f"{split}/{protocol}/{k}", v, step)
+    logging.info("[step %d] %s (protocol %s):\n%s", step, split, protocol, metrics_lib.format_metrics_table(result))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, dict[str, dict[str, float]]]:
@@ -293,9 +383,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     from flax.metrics import tensorboard
 
     os.makedirs(workdir, exist_ok=True)
+    data_dir = prepare_data(config, workdir)
+    config = resolve_dataset(config, data_dir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    data_dir = prepare_data(config, workdir)
+    logging.info("Dataset %s in %s: %d-d features, evaluating %s with protocol %s", config.dataset.name, data_dir,
+                 config.dataset.feature_dim, list(config.dataset.eval_splits), config.dataset.protocol)
     vocab = pipeline.load_vocabulary(data_dir)
     spec = registry.get_model_spec(config.model.name)
     model = registry.create_model(config.model, vocab_size=len(vocab))
@@ -312,6 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     rng = jax.random.key(config.seed)
     first = next(eval_batches(config.dataset.eval_splits[0]))
     state = create_train_state(config, model, first, rng)
+    if config.dataset.pretrained_embeddings:
+        state = state.replace(params=load_pretrained_embeddings(state.params, data_dir))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %d parameters; devices: %s", config.model.name, num_params, jax.devices())
 
@@ -344,9 +439,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     last_eval: dict[str, dict[str, float]] = {}
     def run_eval(step: int) -> None:
         for split in config.dataset.eval_splits:
-            result, predictions = evaluate(stepper, state, eval_batches(split), config.eval)
+            result, predictions = evaluate(stepper, state, eval_batches(split), config.dataset.protocol)
             last_eval[split] = result
-            _log_eval(workdir, writer, step, split, result)
+            _log_eval(workdir, writer, step, split, config.dataset.protocol, result)
             if config.eval.write_predictions and jax.process_index() == 0:
                 write_predictions(os.path.join(workdir, "predictions"), split, step, predictions)
 

@@ -274,7 +274,8 @@ class TestEvaluatePredictions:
 
     def test_protocol_validation(self):
         assert M.DEFAULT_PROTOCOL.kwargs() == dict(ks=(1, 5), iou_thresholds=(0.1, 0.3, 0.5, 0.7),
-                                                   iou_comparison=">=", nms_threshold=0.5)
+                                                   iou_comparison=">=", nms_threshold=0.5,
+                                               iou_union="exact", gt_select=None)
         with pytest.raises(ValueError):
             M.Protocol(iou_comparison="=>")
         with pytest.raises(ValueError):

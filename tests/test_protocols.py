@@ -30,8 +30,11 @@ def test_get_protocol():
     assert m.map_iou_thresholds == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
     assert m.max_pred_windows == 10
     assert M.get_protocol(p) is p
-    with pytest.raises(ValueError, match="unknown protocol 'tvr'"):
-        M.get_protocol("tvr")
+    t = M.get_protocol("tvr")
+    assert (t.ks, t.iou_thresholds, t.iou_comparison, t.nms_threshold, t.max_pred_windows, t.output) == (
+        (1, 5, 10, 100), (0.5, 0.7), ">=", None, 100, "tvr")
+    with pytest.raises(ValueError, match="unknown protocol 'xyz'"):
+        M.get_protocol("xyz")
     with pytest.raises(ValueError, match="tie_break"):
         M.Protocol(tie_break="random")
     with pytest.raises(ValueError, match="NMS"):
@@ -146,8 +149,33 @@ def test_moment_detr_map_hand_computed():
         "MR-full-mAP": 53.33,
         "MR-full-mAP@0.5": 83.33,
         "MR-full-mAP@0.75": 50.0,
+        "MR-short-mAP": 53.33,  # both GT windows are 10 s long: in (0, 10]
+        "MR-middle-mAP": 0.0,  # no query in range: moment_detr's all-zero placeholder
+        "MR-long-mAP": 0.0,
     }
     assert r["full"]["MR-mAP"]["0.55"] == 50.0 and r["full"]["MR-mAP"]["average"] == 53.33
+    assert list(r) == ["brief", "full", "long", "middle", "short"]
+    # The placeholder keeps moment_detr's np.linspace(0.5, 0.95, 19) float keys (as JSON writes them).
+    assert r["middle"]["MR-R1"]["0.525"] == 0.0 and len(r["middle"]["MR-mAP"]) == 20
+
+
+def test_moment_detr_length_ranges_hand_computed():
+    # q1: GT [0, 5] (short); top-1 [0, 5] -> IoU 1.
+    # q2: GT [0, 20] (middle); top-1 [0, 10] -> IoU 0.5 (passes 0.5 only).
+    # q3: GT [0, 5] (short) and [10, 50] (long); top-1 [10, 50] -> IoU 1 with the long one, 0 with the short.
+    gts = [[[0, 5]], [[0, 20]], [[0, 5], [10, 50]]]
+    preds = [[[0, 5, 1.0]], [[0, 10, 1.0]], [[10, 50, 1.0]]]
+    r = M.evaluate_windows("moment_detr", preds, gts)
+    # A range keeps the queries with a GT window in it, and only those windows.
+    assert r["short"]["MR-R1"]["0.5"] == 50.0 and r["short"]["MR-mAP"]["average"] == 50.0
+    assert r["middle"]["MR-R1"]["0.5"] == 100.0 and r["middle"]["MR-R1"]["0.55"] == 0.0
+    assert r["middle"]["MR-mAP"]["average"] == 10.0  # AP 1 at t = 0.5 only
+    assert r["long"]["MR-R1"]["0.95"] == 100.0 and r["long"]["MR-mAP"]["average"] == 100.0
+    # Full: q3's top-1 matches its best window; its AP is 1/2 (one of two GT windows found).
+    assert r["full"]["MR-R1"]["0.5"] == 100.0 and r["full"]["MR-R1"]["0.7"] == 66.67
+    assert r["brief"]["MR-full-mAP"] == round(100 * (1 + 0.1 + 0.5) / 3, 2)
+    assert (r["brief"]["MR-short-mAP"], r["brief"]["MR-middle-mAP"], r["brief"]["MR-long-mAP"]) == (
+        50.0, 10.0, 100.0)
 
 
 def test_moment_detr_gt_matched_once_and_top10():
@@ -265,3 +293,42 @@ def test_cli_end_to_end(files, tmp_path):
     proc = _cli("--protocol=2dtan", f"--predictions={bad}", f"--ground_truth={files[1]}")
     assert proc.returncode == 1
     assert "bad.jsonl:3 (qid 'x'): qid not in ground truth" in proc.stderr
+
+
+def test_batched_detection_ap_matches_the_per_query_loop():
+    rng = np.random.default_rng(0)
+    num_q, thr = 300, M.MOMENT_DETR_IOU_THRESHOLDS
+    gts, preds = [], []
+    for _ in range(num_q):
+        g = np.sort(rng.integers(0, 40, size=(rng.integers(1, 4), 2)), axis=1).astype(float)
+        g[:, 1] += 1
+        p = np.sort(rng.integers(0, 40, size=(rng.integers(0, 12), 2)), axis=1).astype(float)
+        p = np.concatenate([p, rng.integers(0, 4, size=(len(p), 1)) / 4], axis=1)  # ties in score
+        if len(p) and rng.random() < 0.3:
+            p[0, :2] = g[0]  # exact hits and duplicates
+        gts.append(g)
+        preds.append(p[:10])
+    expected = np.stack([M.detection_average_precision(g, p, thr) for g, p in zip(gts, preds)])
+    gt_spans, gt_valid = M.pad_spans(gts)
+    rows, valid = M.pad_rows(preds, 3)
+    got = M.batched_detection_average_precision(gt_spans, gt_valid, rows, valid, thr)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_hull_and_exact_union_round_apart_on_threshold_boundaries():
+    # [3.64, 5.2] in [0, 5.2]: IoU 0.3 exactly on paper; the hull gives 0.3, the exact union 0.30000000000000004.
+    pred, gt = np.array([3.64, 5.2]), np.array([0.0, 5.2])
+    assert M.temporal_iou(pred, gt, "hull") == 0.3
+    assert M.temporal_iou(pred, gt, "exact") > 0.3
+    # 2D-TAN (hull, strict >) misses it; the jvmr protocol (exact, >=) counts it.
+    windows = [[[3.64, 5.2, 1.0]]]
+    assert M.evaluate_windows("2dtan", windows, [[[0.0, 5.2]]])["R@1,IoU=0.3"] == 0.0
+    assert M.evaluate_windows("jvmr", windows, [[[0.0, 5.2]]])["R@1,IoU=0.3"] == 100.0
+    with pytest.raises(ValueError, match="union"):
+        M.temporal_iou(pred, gt, "average")
+
+
+def test_moment_detr_r1_picks_the_window_by_exact_union_then_scores_the_hull():
+    # Two GT windows; the top-1 [0, 1] overlaps only the first: picked, scored by the hull.
+    r = M.evaluate_windows("moment_detr", [[[0.0, 1.0, 1.0]]], [[[0.0, 2.0], [5.0, 6.0]]])
+    assert r["full"]["MR-R1"]["0.5"] == 100.0 and r["full"]["MR-R1"]["0.55"] == 0.0

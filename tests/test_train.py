@@ -31,11 +31,17 @@ def trained(tmp_path_factory):
 def test_train_and_evaluate_writes_metrics(trained):
     config, workdir, state, final = trained
     assert int(state.step) == config.num_train_steps
-    assert set(final) == set(config.dataset.eval_splits)
+    # Empty dataset.eval_splits: every split of the manifest but the training one.
+    assert config.dataset.eval_splits == () and config.dataset.protocol == ""
+    splits = ["val", "test", "test_novel"]
+    assert list(final) == splits
+    with open(os.path.join(workdir, "config.json")) as f:
+        resolved = json.load(f)["dataset"]
+    assert (resolved["eval_splits"], resolved["protocol"], resolved["feature_dim"]) == (splits, "jvmr", 16)
     rows = read_jsonl(os.path.join(workdir, "eval_metrics.jsonl"))
-    # One evaluation in the middle and one at the end, for every split.
-    assert [(r["step"], r["split"]) for r in rows] == [
-        (s, split) for s in (config.eval_every_steps, config.num_train_steps) for split in config.dataset.eval_splits]
+    # One evaluation in the middle and one at the end, for every split; the protocol named in each row.
+    assert [(r["step"], r["split"], r["protocol"]) for r in rows] == [
+        (s, split, "jvmr") for s in (config.eval_every_steps, config.num_train_steps) for split in splits]
     for r in rows:
         for k in ("R@1,IoU=0.1", "R@1,IoU=0.3", "R@1,IoU=0.5", "R@1,IoU=0.7", "R@5,IoU=0.5", "mIoU"):
             assert 0.0 <= r[k] <= 100.0
@@ -52,7 +58,7 @@ def test_predictions_are_written_per_query(trained):
     assert len({r["qid"] for r in rows}) == len(rows)
     for r in rows[:20]:
         windows = r["pred_relevant_windows"]
-        assert 1 <= len(windows) <= max(config.eval.ks)
+        assert 1 <= len(windows) <= 5  # the jvmr protocol keeps R@5's five
         for st, ed, _ in windows:
             assert 0.0 <= st <= ed <= r["duration"] + 1e-3
         scores = [w[2] for w in windows]
@@ -151,6 +157,7 @@ def test_train_step_compiles_once_and_donates(trained):
     from jvmr.data import pipeline
 
     data_dir = os.path.join(workdir, "data")
+    config = train.resolve_dataset(config, data_dir)
     vocab = pipeline.load_vocabulary(data_dir)
     batches = pipeline.as_numpy(pipeline.make_dataset(
         data_dir, "train", config.dataset, batch_size=config.batch_size, training=True, vocab=vocab))
@@ -193,3 +200,66 @@ def test_crash_keeps_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train.Stepper, "train", original)
     state, _ = train.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 10
+
+
+def test_resolve_dataset_checks_the_manifest(trained):
+    config, workdir, _, _ = trained
+    data_dir = os.path.join(workdir, "data")
+    resolved = train.resolve_dataset(config, data_dir)
+    assert resolved.dataset.feature_dim == 16 and config.dataset.feature_dim == 0  # a copy
+    bad = test_config.get_config()
+    bad.dataset.feature_dim = 32
+    with pytest.raises(ValueError, match=r"feature_dim is 32 but the features in .* are 16-d"):
+        train.resolve_dataset(bad, data_dir)
+    bad = test_config.get_config()
+    bad.dataset.eval_splits = ("val_2",)
+    with pytest.raises(ValueError, match=r"split\(s\) \['val_2'\] not in"):
+        train.resolve_dataset(bad, data_dir)
+    bad = test_config.get_config()
+    bad.dataset.name = "tacos"
+    with pytest.raises(ValueError, match="is dataset 'synthetic', but dataset.name is 'tacos'"):
+        train.resolve_dataset(bad, data_dir)
+    other = test_config.get_config()
+    other.dataset.protocol = "2dtan"
+    assert train.resolve_dataset(other, data_dir).dataset.protocol == "2dtan"
+
+
+def test_tvr_protocol_run_with_pretrained_embeddings(trained, tmp_path):
+    """Another protocol end to end: metrics keys and files are the protocol's, and re-score exactly."""
+    import shutil
+
+    from jvmr import evaluate
+    from jvmr.data import pipeline
+
+    _, workdir, _, _ = trained
+    data_dir = str(tmp_path / "data")
+    shutil.copytree(os.path.join(workdir, "data"), data_dir)
+    config = test_config.get_config()
+    config.num_train_steps = 2
+    config.eval_every_steps = 100
+    config.dataset.data_dir = data_dir
+    config.dataset.eval_splits = ("test",)
+    config.dataset.protocol = "tvr"
+    config.dataset.pretrained_embeddings = True
+    vocab = pipeline.load_vocabulary(data_dir)
+    with pytest.raises(FileNotFoundError, match="embeddings.npy"):
+        train.train_and_evaluate(config, str(tmp_path / "no_vectors"))
+    table = np.random.default_rng(0).normal(size=(len(vocab), config.model.word_dim)).astype(np.float32)
+    np.save(os.path.join(data_dir, "embeddings.npy"), table[:, :3])
+    with pytest.raises(ValueError, match=r"word table is \(\d+, 16\)"):
+        train.train_and_evaluate(config, str(tmp_path / "bad_vectors"))
+    np.save(os.path.join(data_dir, "embeddings.npy"), table)
+    config.optimizer.learning_rate = config.optimizer.warmup_init_lr = 0.0  # the table must survive unchanged
+    run = str(tmp_path / "run")
+    state, final = train.train_and_evaluate(config, run)
+    np.testing.assert_allclose(np.asarray(state.params["word_embed"]["embedding"]), table, rtol=1e-6)
+    row = read_jsonl(os.path.join(run, "eval_metrics.jsonl"))[-1]
+    assert row["protocol"] == "tvr" and "SVMR-0.5-r1" in row and "SVMR-0.7-r100" in row
+    pred_dir = os.path.join(run, "predictions")
+    rescored = evaluate.run("tvr", os.path.join(pred_dir, "test_step2_tvr.json"),
+                            os.path.join(pred_dir, "test_tvr_ground_truth.jsonl"))
+    assert rescored["num_missing_predictions"] == {"SVMR": 0}
+    for key in ("0.5-r1", "0.5-r5", "0.7-r10", "0.7-r100"):
+        assert rescored["SVMR"][key] == pytest.approx(final["test"][f"SVMR-{key}"], abs=0.01)
+    with open(os.path.join(pred_dir, "test_step2_metrics.json")) as f:
+        assert json.load(f)["protocol"] == "tvr"

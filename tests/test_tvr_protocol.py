@@ -183,8 +183,19 @@ def test_ground_truth_errors(tmp_path):
         _run(tmp_path, sub, [dict(_gt_rows()[0], ts=[3, 1])])
 
 
-def test_protocol_registry_unchanged():
-    assert "tvr" in E.ALL_PROTOCOLS and "tvr" not in M.PROTOCOLS
+def test_tvr_is_a_named_protocol():
+    assert "tvr" in E.ALL_PROTOCOLS and M.get_protocol("tvr").output == "tvr"
+
+
+def test_tvr_protocol_on_windows_is_svmr():
+    # Per-query windows (the video known) are TVR's SVMR task: rows as given, first 100, IoU >= t.
+    gts = [[[0.0, 10.0]], [[5.0, 15.0]]]
+    preds = [[[20.0, 30.0, 0.9], [0.0, 10.0, 0.1]],  # hit at rank 2
+             [[5.0, 12.0, 0.5]]]  # IoU 0.7 exactly: counted at 0.5 and 0.7
+    r = M.evaluate_windows("tvr", preds, gts)
+    assert r["SVMR"]["0.5-r1"] == 50.0 and r["SVMR"]["0.5-r5"] == 100.0
+    assert r["SVMR"]["0.7-r1"] == 50.0 and r["SVMR"]["0.7-r100"] == 100.0
+    assert M.flat_metrics(r)["SVMR-0.5-r5"] == 100.0
 
 
 # ---------------------------------------------------------------------------
