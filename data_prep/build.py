@@ -84,8 +84,7 @@ def open_streams(video: str, fmt: str = "auto", key: str | None = None, subtitle
 
 
 def _feature_reason(stream: str, error: features.FeatureError) -> str:
-    # features.FeatureError says "NaN or Inf" for non-finite values (jvmr.data.features._check).
-    return f"nonfinite_{stream}_features" if "NaN or Inf" in str(error) else f"bad_{stream}_features"
+    return f"{error.reason}_{stream}_features"
 
 
 def load_stream(store: features.FeatureStore, stream: str, key: str, dims: dict[str, int],
@@ -110,7 +109,7 @@ def load_stream(store: features.FeatureStore, stream: str, key: str, dims: dict[
     try:
         feats = store.get(key)
     except features.FeatureError as e:
-        if key not in store:
+        if e.reason == "missing":
             report.skip(f"missing_{stream}_features", f"{store.path}: no {stream} features for {key!r} "
                         f"({needed_by})", count)
         else:

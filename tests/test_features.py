@@ -246,3 +246,16 @@ def test_resample_composes_with_stores(tmp_path, t, num_clips):
         got = resample_features_np(inp, num_clips)
         assert got.shape == (num_clips, 1024) and got.dtype == np.float32
         np.testing.assert_allclose(got, linspace_mean_pool(inp, num_clips), rtol=1e-5, atol=1e-6)
+
+
+def test_errors_carry_a_reason(tmp_path):
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "ok.npy", np.ones((2, 3), np.float32))
+    np.save(folder / "nan.npy", np.full((2, 3), np.nan, np.float32))
+    np.save(folder / "flat.npy", np.ones(3, np.float32))
+    with features.open_features(str(folder)) as store:
+        for vid, reason in (("absent", "missing"), ("nan", "nonfinite"), ("flat", "bad")):
+            with pytest.raises(features.FeatureError) as info:
+                store.get(vid)
+            assert info.value.reason == reason

@@ -32,7 +32,15 @@ HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf")
 
 
 class FeatureError(ValueError):
-    """A feature file or record that cannot be used; the message names the path and video id."""
+    """A feature file or record that cannot be used; the message names the path and video id.
+
+    ``reason`` classifies it for reports: ``'missing'`` (no features for the id),
+    ``'nonfinite'`` (NaN or Inf values) or ``'bad'`` (anything else).
+    """
+
+    def __init__(self, message: str, reason: str = "bad"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def l2_normalize(feats: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -165,7 +173,7 @@ class FeatureStore:
         if name is None:
             examples = ", ".join(repr(k) for k in self.keys()[:3])
             raise FeatureError(f"{self.path}: no features for video {vid!r} ({self.fmt} with {len(self)} "
-                               f"videos, e.g. {examples})")
+                               f"videos, e.g. {examples})", reason="missing")
         if self.fmt == "npy_dir":
             where = os.path.join(self.path, self._index[name])
             try:
@@ -221,7 +229,7 @@ def _check(raw: Any, where: str, vid: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         rows = np.flatnonzero(~np.all(np.isfinite(arr), axis=1))
         raise FeatureError(f"{where}: video {vid!r}: NaN or Inf in {rows.size} of {arr.shape[0]} clips "
-                           f"(first at clip {rows[0]})")
+                           f"(first at clip {rows[0]})", reason="nonfinite")
     return arr
 
 

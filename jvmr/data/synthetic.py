@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -716,12 +715,6 @@ def generate_split(cfg: SyntheticConfig, split: str) -> list[schema.Example]:
 # ----------------------------------------------------------------------------- building
 
 
-def _write_atomic(path: str, content: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(content)
-    os.replace(path + ".tmp", path)
-
-
 def _manifest_matches(data_dir: str, manifest: dict, config: dict, num_shards: int) -> bool:
     if not (manifest.get("dataset") == "synthetic" and manifest.get("config") == config
             and manifest.get("generator_version") == GENERATOR_VERSION
@@ -729,12 +722,6 @@ def _manifest_matches(data_dir: str, manifest: dict, config: dict, num_shards: i
         return False
     paths = [p for s in SPLITS for p in schema.shard_paths(data_dir, s, num_shards)]
     return all(os.path.exists(p) for p in paths + [os.path.join(data_dir, "vocab.txt")])
-
-
-def _remove_stale_shards(data_dir: str, split: str, keep: Sequence[str]) -> None:
-    for path in glob.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*")):
-        if path not in keep:
-            os.remove(path)
 
 
 def build(data_dir: str, cfg: SyntheticConfig = SyntheticConfig(), num_shards: int = 1) -> dict:
@@ -767,8 +754,7 @@ def build(data_dir: str, cfg: SyntheticConfig = SyntheticConfig(), num_shards: i
         queries = [q for v in videos for q in v.queries]
         if split == "train":
             train_tokens = [q.tokens for q in queries]
-        paths = schema.shard_paths(data_dir, split, num_shards)
-        _remove_stale_shards(data_dir, split, paths)
+        schema.remove_stale_shards(data_dir, split, num_shards)
         num_examples[split] = schema.write_split(
             iter_examples(videos), data_dir, split, num_shards, source=f"synthetic:{split}")
         num_videos[split] = len(videos)
@@ -796,5 +782,5 @@ def build(data_dir: str, cfg: SyntheticConfig = SyntheticConfig(), num_shards: i
         "skipped": {},
         "fixed": {},
     }
-    _write_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    schema.write_text_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
