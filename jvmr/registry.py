@@ -17,7 +17,7 @@ import flax.linen as nn
 import ml_collections
 
 from jvmr.data import text
-from jvmr.models import cmin
+from jvmr.models import cimha, cmin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn),
+    "cimha": ModelSpec(cimha.CIMHA, cimha.loss_fn, cimha.predict_fn),
 }
 
 
@@ -39,8 +40,16 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 def create_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> nn.Module:
-    """Instantiates the module named by ``model_config.name`` with the block's other keys."""
+    """Instantiates the module named by ``model_config.name`` with the block's other keys.
+
+    ``vocab_size`` and the dependency-label count are passed to the modules that
+    declare them (``vocab_size``, ``num_dep_labels``); every key of the block
+    must be an attribute of the module.
+    """
     spec = get_model_spec(model_config.name)
     kwargs = {k: (tuple(v) if isinstance(v, list) else v)
               for k, v in model_config.to_dict().items() if k != "name"}
-    return spec.module(vocab_size=vocab_size, num_dep_labels=text.NUM_DEPENDENCY_LABELS, **kwargs)
+    fields = {f.name for f in dataclasses.fields(spec.module)}
+    data_kwargs = {"vocab_size": vocab_size, "num_dep_labels": text.NUM_DEPENDENCY_LABELS}
+    kwargs.update({k: v for k, v in data_kwargs.items() if k in fields})
+    return spec.module(**kwargs)

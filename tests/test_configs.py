@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import cmin, common, datasets
+from configs import cimha, cmin, common, datasets
 from jvmr import metrics
 
 
@@ -53,3 +53,14 @@ def test_cmin_released_hyperparameters():
     assert (tacos.optimizer.learning_rate, tacos.optimizer.weight_decay, tacos.batch_size) == (4e-4, 1e-8, 64)
     assert anet.model.anchor_widths == (16, 32, 64, 96, 128, 160, 192) and tacos.model.anchor_widths == (6, 18, 32)
     assert anet.num_train_steps == 10 * 293 and tacos.num_train_steps == 40 * 153  # epochs x batches
+
+
+@pytest.mark.parametrize("preset", ["charades_sta", "activitynet_captions", "tacos"])
+def test_cimha_presets_use_the_papers_settings(preset):
+    config = cimha.get_config(preset)
+    assert config.dataset.name == preset and config.dataset.protocol == "2dtan"
+    assert (config.dataset.max_query_len, config.dataset.max_video_len, config.batch_size) == (25, 128, 100)
+    assert (config.optimizer.name, config.optimizer.learning_rate) == ("adam", 1e-4)
+    assert config.model.d_model == 512 and config.model.word_dim == 300 and config.dataset.pretrained_embeddings
+    default = cimha.get_config()
+    assert default.dataset.name == "synthetic" and default.model.name == "cimha"

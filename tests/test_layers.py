@@ -1,5 +1,6 @@
 """Tests of jvmr.models.layers against plain numpy references."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,3 +192,132 @@ def test_additive_attention_matches_numpy():
             ref_w[bi, i] = e / e.sum()
     np.testing.assert_allclose(np.asarray(w), ref_w, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(np.asarray(agg), np.einsum("bqk,bkd->bqd", ref_w, k), rtol=RTOL, atol=ATOL)
+
+
+def test_masked_log_softmax_matches_numpy_and_handles_empty_rows():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(3, 4, 7)).astype(np.float32) * 3
+    mask = rng.random((3, 4, 7)) > 0.4
+    mask[2, 1] = False  # a fully masked row
+    logits[~mask] = 1e30  # garbage at masked positions
+    out = np.asarray(layers.masked_log_softmax(jnp.asarray(logits), jnp.asarray(mask)))
+    z = np.where(mask, logits, -np.inf).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        ref = z - np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1, keepdims=True)) - z.max(-1, keepdims=True)
+    np.testing.assert_allclose(out[mask], ref[mask], rtol=RTOL, atol=ATOL)
+    assert np.all(out[~mask] == -np.inf)
+    np.testing.assert_allclose(np.exp(out).sum(-1)[mask.any(-1)], 1.0, rtol=1e-5)
+    with np.errstate(divide="ignore"):  # log(0) = -inf at masked positions, as expected
+        np.testing.assert_allclose(out[0], np.log(np.asarray(layers.masked_softmax(logits[0], mask[0]))),
+                                   rtol=RTOL, atol=ATOL)
+    # Picking valid entries (as an NLL does) has finite gradients, also through an empty row.
+    idx = np.argmax(mask, axis=-1)[..., None]
+    grad = jax.grad(lambda x: jnp.sum(jnp.where(
+        jnp.asarray(mask.any(-1, keepdims=True)),
+        jnp.take_along_axis(layers.masked_log_softmax(x, jnp.asarray(mask)), jnp.asarray(idx), -1), 0.0)))(
+        jnp.asarray(logits))
+    assert np.all(np.isfinite(np.asarray(grad)))
+    np.testing.assert_array_equal(np.asarray(grad)[~mask], 0.0)
+    np.testing.assert_allclose(np.asarray(layers.masked_log_softmax(jnp.asarray(logits[0]), None)),
+                               np.asarray(jax.nn.log_softmax(logits[0])), rtol=1e-6)
+
+
+def _lstm_step(p, c, h, x):
+    def gate(name):
+        return x @ p[f"i{name}"]["kernel"] + h @ p[f"h{name}"]["kernel"] + p[f"h{name}"]["bias"]
+
+    i, f, g, o = sigmoid(gate("i")), sigmoid(gate("f")), np.tanh(gate("g")), sigmoid(gate("o"))
+    c = f * c + i * g
+    return c, o * np.tanh(c)
+
+
+def bilstm_reference(p, x, lengths):
+    """Numpy BiLSTM over [B, T, D] with per-row lengths; zeros at padded steps."""
+    b, t, _ = x.shape
+    hidden = p["forward_rnn"]["cell"]["hi"]["kernel"].shape[0]
+    out = np.zeros((b, t, 2 * hidden))
+    for bi, n in enumerate(lengths):
+        for direction, steps, cols in (("forward_rnn", range(n), slice(0, hidden)),
+                                       ("backward_rnn", reversed(range(n)), slice(hidden, None))):
+            c = h = np.zeros(hidden)
+            for i in steps:
+                c, h = _lstm_step(p[direction]["cell"], c, h, x[bi, i])
+                out[bi, i, cols] = h
+    return out
+
+
+def test_bilstm_matches_numpy_and_ignores_padding():
+    rng = np.random.default_rng(8)
+    b, t, d, hidden = 3, 7, 5, 4
+    lengths = [7, 4, 1]
+    x = rng.normal(size=(b, t, d)).astype(np.float32)
+    mask = prefix_mask(lengths, t)
+    x[mask == 0] = 1e3  # garbage in padding
+    lstm = layers.BiLSTM(hidden)
+    params = jit_init(lstm, x, mask)
+    params = jax.tree.map(lambda a: a + 0.3 * rng.normal(size=a.shape).astype(np.float32), params)  # non-zero biases
+    out = np.asarray(jit_apply(lstm, params, x, mask))
+    ref = bilstm_reference(to_numpy(params["params"]["bidirectional"]), x, lengths)
+    np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
+    x_big = np.concatenate([x, rng.normal(size=(b, 3, d)).astype(np.float32) * 50], axis=1)
+    out_big = np.asarray(jit_apply(lstm, params, x_big, prefix_mask(lengths, t + 3)))
+    np.testing.assert_allclose(out_big[:, :t], out, atol=1e-6)
+    np.testing.assert_array_equal(out_big[:, t:], 0.0)
+
+
+def test_learned_positional_embedding_adds_position_rows():
+    x = np.random.default_rng(9).normal(size=(2, 5, 3)).astype(np.float32)
+    pos = layers.LearnedPositionalEmbedding(max_len=8)
+    params = jit_init(pos, x)
+    table = np.asarray(params["params"]["embedding"])
+    assert table.shape == (8, 3) and 0.0 < table.std() < 0.1
+    np.testing.assert_allclose(np.asarray(jit_apply(pos, params, x)), x + table[None, :5], rtol=1e-6)
+    # Longer inputs share the leading rows: padding appended after the valid prefix changes nothing there.
+    x_long = np.concatenate([x, np.full((2, 3, 3), 1e4, np.float32)], axis=1)
+    np.testing.assert_allclose(np.asarray(jit_apply(pos, params, x_long))[:, :5], x + table[None, :5], rtol=1e-6)
+    with pytest.raises(ValueError, match="exceeds the positional table's 8 rows"):
+        pos.apply(params, np.zeros((1, 9, 3), np.float32))
+    assert jax.eval_shape(lambda: layers.LearnedPositionalEmbedding().init(jax.random.key(0), x))[
+        "params"]["embedding"].shape == (5, 3)
+
+
+@pytest.mark.parametrize("hidden", [0, 6])
+def test_feed_forward_matches_numpy(hidden):
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    ffn = layers.FeedForward(3, hidden, activation=jnp.tanh, dropout_rate=0.5)
+    params = jit_init(ffn, x)
+    p = to_numpy(params["params"])
+    out = np.asarray(jit_apply(ffn, params, x))
+    if hidden:
+        ref = np.tanh(x @ p["inner"]["kernel"] + p["inner"]["bias"]) @ p["outer"]["kernel"] + p["outer"]["bias"]
+    else:
+        assert set(p) == {"outer"}
+        ref = x @ p["outer"]["kernel"] + p["outer"]["bias"]
+    np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
+    dropped = np.asarray(jit_apply(ffn, params, x, deterministic=False, rngs={"dropout": jax.random.key(1)}))
+    assert np.allclose(dropped, out) == (hidden == 0)
+
+
+def test_word_embedding_matches_lookup_masks_and_freezes():
+    rng = np.random.default_rng(11)
+    tokens = rng.integers(0, 12, size=(2, 5)).astype(np.int32)
+    mask = prefix_mask([5, 2], 5)
+    tokens[mask == 0] = 10_000  # garbage ids at padded words
+    emb = layers.WordEmbedding(12, 4, dropout_rate=0.5)
+    params = jit_init(emb, tokens, mask)
+    table = np.asarray(params["params"]["embedding"])
+    assert table.shape == (12, 4)
+    out = np.asarray(jit_apply(emb, params, tokens, mask))
+    np.testing.assert_allclose(out, table[np.where(mask > 0, tokens, 0)] * mask[..., None], rtol=1e-6)
+    # Same table and lookup as nn.Embed.
+    ref = nn.Embed(12, 4).apply({"params": {"embedding": table}}, np.where(mask > 0, tokens, 0))
+    np.testing.assert_allclose(out, np.asarray(ref) * mask[..., None], rtol=1e-6)
+    dropped = np.asarray(jit_apply(emb, params, tokens, mask, deterministic=False, rngs={"dropout": jax.random.key(2)}))
+    assert not np.allclose(dropped, out)
+
+    def grad_of(module):
+        return jax.grad(lambda p: jnp.sum(module.apply(p, tokens, mask) ** 2))(params)["params"]["embedding"]
+
+    assert np.abs(np.asarray(grad_of(layers.WordEmbedding(12, 4)))).sum() > 0
+    np.testing.assert_array_equal(np.asarray(grad_of(layers.WordEmbedding(12, 4, freeze=True))), 0.0)

@@ -18,6 +18,12 @@ float masks (1.0 = valid, 0.0 = padding) whose valid positions form a prefix:
 
 * :class:`BiGRU` -- bidirectional GRU over a padded batch; the backward
   direction starts at the last valid step of each sequence.
+* :class:`BiLSTM` -- the same with LSTM cells.
+* :func:`masked_log_softmax` -- log-probabilities over valid positions only.
+* :class:`LearnedPositionalEmbedding` -- trainable absolute position table added
+  to a sequence (BERT).
+* :class:`FeedForward` -- position-wise feed-forward block (one or two layers).
+* :class:`WordEmbedding` -- word-table lookup for padded queries (freezable).
 
 Padding never changes valid outputs: padded inputs are replaced by zeros before
 use (so garbage, even inf/NaN, in padded slots is harmless), padded keys get no
@@ -275,3 +281,146 @@ class BiGRU(nn.Module):
             name="bidirectional",
         )
         return mask_fill(rnn(inputs, seq_lengths=lengths), mask)
+
+
+def masked_log_softmax(logits: Array, mask: Array | None, axis: int = -1) -> Array:
+    """Log-softmax over ``axis`` restricted to positions where ``mask`` is non-zero.
+
+    Args:
+      logits: array of logits.
+      mask: array broadcastable to ``logits`` (1 = keep), or None.
+      axis: axis to normalise over.
+
+    Returns:
+      Log-probabilities with the shape of ``logits``: ``-inf`` at masked
+      positions (so rows with no valid position are all ``-inf``); gradients
+      are finite everywhere. Pick entries with ``take_along_axis`` rather than
+      by multiplying with a one-hot (``0 * -inf`` is NaN).
+    """
+    if mask is None:
+        return jax.nn.log_softmax(logits, axis=axis)
+    keep = jnp.broadcast_to(mask > 0, logits.shape)
+    shifted = jnp.where(keep, logits, jnp.finfo(logits.dtype).min)
+    shifted = shifted - jax.lax.stop_gradient(jnp.max(shifted, axis=axis, keepdims=True))
+    total = jnp.sum(jnp.where(keep, jnp.exp(shifted), 0.0), axis=axis, keepdims=True)
+    log_total = jnp.log(jnp.where(total > 0, total, 1.0))
+    return jnp.where(keep, shifted - log_total, -jnp.inf)
+
+
+class BiLSTM(nn.Module):
+    """Bidirectional LSTM over a padded batch (the LSTM counterpart of :class:`BiGRU`).
+
+    ``nn.Bidirectional`` of two ``nn.RNN(nn.OptimizedLSTMCell)`` with
+    ``seq_lengths`` from the mask: the backward LSTM starts at the last valid
+    step. Initial states are zero. Cell parameters are named as ``nn.LSTMCell``'s
+    (``ii, if, ig, io`` input kernels, ``hi, hf, hg, ho`` recurrent kernels with
+    the biases):
+
+        i = sigma(x W_ii + h W_hi + b_hi)    f = sigma(x W_if + h W_hf + b_hf)
+        g = tanh(x W_ig + h W_hg + b_hg)     o = sigma(x W_io + h W_ho + b_ho)
+        c' = f * c + i * g                   h' = o * tanh(c')
+
+    Attributes:
+      hidden: hidden size per direction (output has ``2 * hidden`` features).
+    """
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, inputs: Array, mask: Array) -> Array:
+        """Args: inputs [B, T, D]; mask [B, T] prefix mask. Returns [B, T, 2 * hidden], zeros at padded steps."""
+        rnn = nn.Bidirectional(
+            nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), parent=None),
+            nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), parent=None),
+            name="bidirectional",
+        )
+        return mask_fill(rnn(mask_fill(inputs, mask), seq_lengths=sequence_lengths(mask)), mask)
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """Adds a trainable embedding of each absolute position (BERT-style) to a sequence.
+
+        out_t = x_t + P[t],   P in R^{max_len x D}
+
+    Positions are absolute from the first step, so appending padding never
+    changes the valid (prefix) outputs; padded positions are not zeroed here.
+
+    Attributes:
+      max_len: rows of the table P; 0 = the sequence length seen at init.
+      init_scale: std of P's normal initialisation (BERT: 0.02).
+    """
+
+    max_len: int = 0
+    init_scale: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Args: x [B, T, D]. Returns x + P[:T] ([B, T, D])."""
+        t = x.shape[-2]
+        rows = self.max_len or t
+        if t > rows:
+            raise ValueError(f"sequence length {t} exceeds the positional table's {rows} rows (max_len)")
+        table = self.param("embedding", nn.initializers.normal(self.init_scale), (rows, x.shape[-1]))
+        return x + table[:t].astype(x.dtype)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward block (Vaswani et al. 2017):
+
+        FFN(x) = W_2 act(W_1 x + b_1) + b_2     (hidden > 0)
+        FFN(x) = W x + b                        (hidden == 0: a single layer)
+
+    Position-wise, so padded positions never affect valid ones (they are not
+    zeroed here).
+
+    Attributes:
+      features: output size.
+      hidden: size of the inner layer; 0 = one linear layer.
+      activation: inner non-linearity.
+      dropout_rate: dropout on the inner activations (only when not deterministic).
+    """
+
+    features: int
+    hidden: int = 0
+    activation: Callable[[Array], Array] = nn.relu
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        """Args: x [..., D]. Returns [..., features]."""
+        if self.hidden > 0:
+            x = self.activation(nn.Dense(self.hidden, name="inner")(x))
+            x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        return nn.Dense(self.features, name="outer")(x)
+
+
+class WordEmbedding(nn.Module):
+    """Word-table lookup for padded queries, with optional freezing and dropout.
+
+    The table is the parameter ``embedding`` [vocab_size, features] (as
+    ``nn.Embed``'s, so a module named ``word_embed`` keeps
+    ``params['word_embed']['embedding']``, where pretrained vectors are loaded).
+    Padded words read row 0 and come out as zeros, whatever their token id.
+
+    Attributes:
+      vocab_size: rows of the table.
+      features: embedding size.
+      embedding_init: initializer of the table (``nn.Embed``'s default).
+      freeze: stop gradients into the table (fixed pretrained vectors).
+      dropout_rate: dropout on the embedded words (only when not deterministic).
+    """
+
+    vocab_size: int
+    features: int
+    embedding_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+    freeze: bool = False
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, tokens: Array, mask: Array, *, deterministic: bool = True) -> Array:
+        """Args: tokens [B, L] int ids; mask [B, L]. Returns [B, L, features], zeros at padded words."""
+        table = self.param("embedding", self.embedding_init, (self.vocab_size, self.features))
+        if self.freeze:
+            table = jax.lax.stop_gradient(table)
+        words = mask_fill(jnp.take(table, jnp.where(mask > 0, tokens, 0), axis=0), mask)
+        return nn.Dropout(self.dropout_rate)(words, deterministic=deterministic)

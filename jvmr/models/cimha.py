@@ -1,0 +1,417 @@
+"""CI-MHA: Cross Interaction Network for moment retrieval (Yu et al., SIGIR 2021).
+
+No official code exists; the paper's equations are the spec (seed
+002_f3bc549e4027348c). Notation: T clips (the paper's N), L words, D = d_model.
+
+Encoders (Sec. 2.2-2.3, 3.2):
+    q_0 = Bi-LSTM(word embeddings)                          [L, D]  (paper: GloVe 300 -> 512)
+    v_0 = W_v x + b_v                                       [T, D]  (C3D 500-d / I3D 1024-d features)
+    q = MHA(Q = q_0, K = V = q_0) + q_0                     (eq. 3)
+    v = MHA(Q = v_0, K = V = v_0) + v_0                     (eq. 4)
+    v^ = FeedForward(v) + P[t]   (learned position table)   (eq. 5)
+    q^ = FeedForward(q)                                     (eq. 6)
+Cross interaction (Sec. 2.4):
+    v^q = MHA(Q = q^, K = V = v^)   query -> video          (eq. 7)
+    q^v = MHA(Q = v^, K = V = q^)   video -> query          (eq. 8)
+    s = [v^q, q^v]                                          (eq. 9)
+Dependent start / end (Sec. 2.5, after ExCL):
+    h^start = Bi-LSTM_start(s),  h^end = Bi-LSTM_end(h^start)            (eq. 10-11)
+    c^start_t = MLP_start([h^start_t, s_t]),  c^end_t = MLP_end([h^end_t, s_t])   (eq. 12-13)
+    P_start = softmax_t(c^start),  P_end = softmax_t(c^end)   over valid clips   (eq. 14)
+    L_se = -log P_start(i*) - log P_end(j*)   (NLL of the ground-truth boundary clips)
+Moment segmentation:
+    P_in(t) = sigmoid(MLP_segment(s_t)),  L_ms = BCE(P_in(t), [i* <= t <= j*])     (eq. 15-16)
+Inference: the (i <= j) pairs with the largest P_start(i) P_end(j), optionally
+with j - i + 1 <= max_span_len; the top ``num_candidates`` go to the evaluation
+protocol (NMS, then R@k).
+
+Where the paper is ambiguous, we choose:
+
+* **Eq. 7 is aligned with the video clips.** Read literally, MHA(Q = q^, K = V = v^)
+  yields one row per *word*, yet eq. 9 concatenates v^q with the clip-aligned q^v
+  along the feature axis, eq. 10 reads s_t at every clip, and the paper's "MHA" row
+  predicts start/end from v^q alone; the paper also calls v^q the "query enriched
+  video feature embedding (i.e. attention weighted video feature embedding)", as
+  in [19] (VSLNet, whose query-guided highlighting scales each clip by its
+  query relevance). We keep eq. 7's attention exactly (queries from the words,
+  keys and values from the clips, per head) but do not sum the values over the
+  clips: clip t keeps its own value, weighted by the attention the words pay it,
+
+      v^q_t = W^O [ r_1(t) W^V_1 v^_t ; ... ; r_H(t) W^V_H v^_t ] + b^O,
+      r_h(t) = (T_valid / L_valid) sum_l A_h[l, t],   A_h = softmax_t(q^ W^Q_h (v^ W^K_h)^T / sqrt(d_h)),
+
+  (:class:`KeyAlignedAttention`) so r_h(t) = 1 under uniform attention, and the
+  mean of v^q over the valid clips equals the word-averaged output of the
+  standard MHA with the same parameters (both less the output bias). Eq. 8 is
+  the standard :class:`~jvmr.models.layers.MultiHeadAttention` (one row per clip).
+* **FeedForward** (eq. 5-6) is the Transformer's position-wise block,
+  W_2 ReLU(W_1 x + b_1) + b_2 with ``ffn_dim`` inner units (``ffn_dim = 0``: one
+  linear layer, the literal "a feed-forward layer"). No LayerNorm anywhere (the
+  paper names none).
+* **Eq. 11**: Bi-LSTM_end reads h^start_t at step t (ExCL; the paper's index t-1
+  is the recurrence's notation). Initial LSTM states are zero.
+* **MLPs** (eq. 12-13, 15) are Dense(mlp_dim) -> tanh -> Dense(1), as ExCL.
+* **Labels**: with n valid clips (pad mode: the valid prefix covers the whole
+  video; resample mode: n = T), clip t covers [t/n, (t+1)/n] of the duration;
+  the GT start / end clips are the clips containing the GT start / end
+  (i* = floor(s n), j* = ceil(e n) - 1, with a 1e-4-clip tolerance so that
+  boundaries on clip edges map exactly), the segmentation labels are 1 on
+  clips i*..j*, and the pair (i, j) decodes to [i/n, (j+1)/n]. This is CMIN's
+  convention (:func:`jvmr.models.cmin.make_anchors`).
+* **Loss averaging**: the NLLs are averaged over examples, the BCE over all valid
+  clips of the batch; examples with no valid clip (eval batch fillers) count
+  for nothing.
+* **Dropout** (not in the paper; rate ``dropout``) on the word embeddings, the
+  clip features, the FeedForward inner units and s; ``attention_dropout`` on
+  every attention map.
+
+Switches: ``fusion_mode`` ('cross' = CI-MHA, eq. 7-9; 'one_way' = the paper's
+"MHA" row, s = v^q), ``use_segmentation`` (False = "CI-MHA w/o MS": no
+segmentation head or loss), loss weights in :func:`loss_fn`, ``max_span_len``
+and ``num_candidates`` for decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jvmr.models.layers import (BiLSTM, FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, WordEmbedding,
+                                mask_fill, masked_log_softmax, masked_softmax, sequence_lengths)
+
+Array = jax.Array
+
+FUSION_MODES = ("cross", "one_way")
+MASKED_SCORE = -jnp.inf  # score of impossible candidates in predict_fn: never ranked, never kept.
+BOUNDARY_TOLERANCE = 1e-4  # in clips: a GT boundary this close to a clip edge is on the edge.
+
+default_embed_init = WordEmbedding.embedding_init  # nn.Embed's
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class KeyAlignedAttention(nn.Module):
+    """Multi-head attention of queries over keys whose output stays aligned with the keys (eq. 7).
+
+        A_h = softmax_keys(W^Q_h x_q (W^K_h x_k)^T / sqrt(d_h))          [Tq, Tk], valid keys only
+        r_h(j) = (Tk_valid / Tq_valid) sum_i A_h[i, j]                    attention paid to key j
+        out_j = W^O [r_1(j) W^V_1 x_k_j ; ... ; r_H(j) W^V_H x_k_j] + b^O   [Tk, out_features]
+
+    Parameters are named as :class:`~jvmr.models.layers.MultiHeadAttention`'s
+    (query, key, value, out): the mean of ``out_j - b^O`` over the valid keys is
+    the mean over the valid queries of ``MultiHeadAttention(x_q, x_k) - b^O``
+    with the same parameters.
+
+    Attributes:
+      num_heads: H.
+      out_features: output size; defaults to the key feature size (also the
+        width H * d_h of the projections).
+      dropout_rate: dropout on the attention weights (only when not deterministic).
+    """
+
+    num_heads: int
+    out_features: int | None = None
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_k: Array,
+        *,
+        query_mask: Array,
+        key_mask: Array,
+        deterministic: bool = True,
+        return_weights: bool = False,
+    ) -> Array | tuple[Array, Array]:
+        """Args: inputs_q [B, Tq, Dq]; inputs_k [B, Tk, Dk]; query_mask [B, Tq]; key_mask [B, Tk].
+
+        Returns:
+          [B, Tk, out_features] (zero at padded keys), and optionally the
+          attention weights A [B, H, Tq, Tk] (zero at padded queries and keys).
+        """
+        inputs_q = mask_fill(inputs_q, query_mask)
+        inputs_k = mask_fill(inputs_k, key_mask)
+        out_features = self.out_features or inputs_k.shape[-1]
+        h = self.num_heads
+        head_dim = out_features // h
+        if head_dim <= 0 or out_features % h:
+            raise ValueError(f"out_features {out_features} must be a positive multiple of num_heads {h}")
+        batch, tq, tk = inputs_q.shape[0], inputs_q.shape[1], inputs_k.shape[1]
+        q = nn.Dense(h * head_dim, name="query")(inputs_q).reshape(batch, tq, h, head_dim)
+        k = nn.Dense(h * head_dim, name="key")(inputs_k).reshape(batch, tk, h, head_dim)
+        v = nn.Dense(h * head_dim, name="value")(inputs_k).reshape(batch, tk, h, head_dim)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(head_dim, q.dtype))
+        weights = masked_softmax(logits, (key_mask > 0)[:, None, None, :], axis=-1)
+        weights = weights * (query_mask > 0)[:, None, :, None].astype(weights.dtype)
+        if self.dropout_rate > 0.0 and not deterministic:
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+        n_q = sequence_lengths(query_mask).astype(weights.dtype)
+        n_k = sequence_lengths(key_mask).astype(weights.dtype)
+        scale = n_k / jnp.maximum(n_q, 1.0)  # uniform attention -> r = 1
+        relevance = jnp.sum(weights, axis=2) * scale[:, None, None]  # [B, H, Tk]
+        ctx = (jnp.transpose(relevance, (0, 2, 1))[..., None] * v).reshape(batch, tk, h * head_dim)
+        out = mask_fill(nn.Dense(out_features, name="out")(ctx), key_mask)
+        return (out, weights) if return_weights else out
+
+
+# ----------------------------------------------------------------------------- labels / decoding
+
+
+def boundary_indices(gt_span: Array, video_mask: Array) -> tuple[Array, Array]:
+    """Ground-truth start / end clips (inclusive) of [B, 2] fractions on a [B, T] prefix mask.
+
+    Clip t of the n valid clips covers [t/n, (t+1)/n]: i* = floor(s n), j* =
+    ceil(e n) - 1 (within ``BOUNDARY_TOLERANCE`` clips of an edge counts as on
+    it), clipped to [0, n - 1] with j* >= i*. Returns two [B] int32 arrays.
+    """
+    n = sequence_lengths(video_mask)
+    nf = jnp.maximum(n, 1).astype(jnp.float32)
+    last = jnp.maximum(n - 1, 0)
+    gt = gt_span.astype(jnp.float32)
+    start = jnp.floor(gt[:, 0] * nf + BOUNDARY_TOLERANCE).astype(jnp.int32)
+    end = jnp.ceil(gt[:, 1] * nf - BOUNDARY_TOLERANCE).astype(jnp.int32) - 1
+    start = jnp.clip(start, 0, last)
+    end = jnp.clip(end, start, last)
+    return start, end
+
+
+def segment_labels(start: Array, end: Array, num_clips: int) -> Array:
+    """[B, T] float labels: 1 on clips start..end (inclusive), 0 elsewhere."""
+    t = jnp.arange(num_clips)[None, :]
+    return ((t >= start[:, None]) & (t <= end[:, None])).astype(jnp.float32)
+
+
+def decode_spans(
+    start_logits: Array,
+    end_logits: Array,
+    video_mask: Array,
+    *,
+    max_span_len: int = 0,
+    num_candidates: int = 100,
+) -> tuple[Array, Array]:
+    """The most likely (start <= end) clip pairs under P_start(i) P_end(j).
+
+    Args:
+      start_logits, end_logits: [B, T] scores c^start, c^end.
+      video_mask: [B, T] prefix mask.
+      max_span_len: keep pairs with j - i + 1 <= max_span_len clips (0 = no limit).
+      num_candidates: N pairs returned per example (at most T * T).
+
+    Returns:
+      spans [B, N, 2] ([i/n, (j+1)/n], fractions of the n valid clips, in [0, 1])
+      and scores [B, N] (log P_start(i) + log P_end(j), descending; ``MASKED_SCORE``
+      with span [0, 0] where fewer than N pairs are possible).
+    """
+    b, t = start_logits.shape
+    log_start = masked_log_softmax(start_logits, video_mask)
+    log_end = masked_log_softmax(end_logits, video_mask)
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(t)[None, :]
+    allowed = j >= i
+    if max_span_len > 0:
+        allowed = allowed & (j - i < max_span_len)
+    valid = video_mask > 0
+    allowed = allowed[None] & valid[:, :, None] & valid[:, None, :]
+    joint = jnp.where(allowed, log_start[:, :, None] + log_end[:, None, :], MASKED_SCORE)
+    scores, flat = jax.lax.top_k(joint.reshape(b, t * t), min(int(num_candidates), t * t))
+    n = jnp.maximum(sequence_lengths(video_mask), 1).astype(jnp.float32)[:, None]
+    spans = jnp.stack([(flat // t) / n, (flat % t + 1) / n], axis=-1)
+    spans = jnp.where(jnp.isfinite(scores)[..., None], jnp.clip(spans, 0.0, 1.0), 0.0)
+    return spans, scores
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class CIMHA(nn.Module):
+    """Cross interaction multi-head attention network (eq. 1-16; see the module docstring).
+
+    Attributes:
+      vocab_size: word vocabulary size (0 = padding, 1 = OOV).
+      word_dim: word-embedding size (paper: 300-d GloVe).
+      d_model: D, the size of q_0, v_0 and every attention (paper: 512); the
+        query Bi-LSTM has d_model // 2 units per direction.
+      num_heads: heads of every attention.
+      ffn_dim: inner size of the FeedForward blocks of eq. 5-6 (0 = one linear layer).
+      lstm_hidden: units per direction of Bi-LSTM_start / Bi-LSTM_end (0 = d_model // 2).
+      mlp_dim: hidden size of the start / end / segmentation MLPs (0 = d_model).
+      dropout: dropout on word embeddings, clip features, FeedForward inner units and s.
+      attention_dropout: dropout on the attention weights.
+      fusion_mode: 'cross' (CI-MHA: s = [v^q, q^v]) or 'one_way' (the paper's
+        "MHA" row: s = v^q, no eq. 8 parameters).
+      use_segmentation: the moment segmentation head (False = "CI-MHA w/o MS").
+      max_span_len: decoding limit on j - i + 1 in clips (0 = none).
+      num_candidates: top (i <= j) pairs returned for evaluation.
+      max_positions: rows of the learned position table (0 = the clip grid T at init).
+      embedding_init: initializer of the word table (hook for GloVe).
+      freeze_embeddings: stop gradients into the word table.
+    """
+
+    vocab_size: int
+    word_dim: int = 300
+    d_model: int = 512
+    num_heads: int = 8
+    ffn_dim: int = 1024
+    lstm_hidden: int = 0
+    mlp_dim: int = 0
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    fusion_mode: str = "cross"
+    use_segmentation: bool = True
+    max_span_len: int = 0
+    num_candidates: int = 100
+    max_positions: int = 0
+    embedding_init: Callable[..., Any] = default_embed_init
+    freeze_embeddings: bool = False
+
+    def _check(self) -> None:
+        if self.fusion_mode not in FUSION_MODES:
+            raise ValueError(f"fusion_mode must be one of {FUSION_MODES}, got {self.fusion_mode!r}")
+        if self.d_model % 2 or self.d_model % self.num_heads:
+            raise ValueError(f"d_model {self.d_model} must be even and divisible by num_heads {self.num_heads}")
+        if self.num_candidates < 1 or self.max_span_len < 0:
+            raise ValueError(f"need num_candidates >= 1 and max_span_len >= 0, got {self.num_candidates}, "
+                             f"{self.max_span_len}")
+
+    def _attention(self, name: str) -> MultiHeadAttention:
+        return MultiHeadAttention(num_heads=self.num_heads, dropout_rate=self.attention_dropout, name=name)
+
+    def _mlp(self, name: str) -> FeedForward:
+        return FeedForward(1, self.mlp_dim or self.d_model, activation=jnp.tanh, name=name)
+
+    def encode_query(self, batch: Mapping[str, Array], deterministic: bool) -> tuple[Array, Array]:
+        """q^ of eq. 6 ([B, L, D], zero at padded words) and the word mask [B, L]."""
+        mask = (batch["query_mask"] > 0).astype(jnp.float32)
+        words = WordEmbedding(self.vocab_size, self.word_dim, embedding_init=self.embedding_init,
+                              freeze=self.freeze_embeddings, dropout_rate=self.dropout, name="word_embed")(
+            batch["query_tokens"], mask, deterministic=deterministic)
+        q0 = BiLSTM(self.d_model // 2, name="query_rnn")(words, mask)
+        q = q0 + self._attention("query_self_attention")(
+            q0, key_mask=mask, query_mask=mask, deterministic=deterministic)  # eq. 3
+        q_hat = FeedForward(self.d_model, self.ffn_dim, dropout_rate=self.dropout, name="query_ffn")(
+            q, deterministic=deterministic)  # eq. 6
+        return mask_fill(q_hat, mask), mask
+
+    def encode_video(self, batch: Mapping[str, Array], deterministic: bool) -> tuple[Array, Array]:
+        """v^ of eq. 5 ([B, T, D], zero at padded clips) and the clip mask [B, T]."""
+        mask = (batch["video_mask"] > 0).astype(jnp.float32)
+        feats = mask_fill(batch["video_feats"].astype(jnp.float32), mask)
+        feats = nn.Dropout(self.dropout)(feats, deterministic=deterministic)
+        v0 = mask_fill(nn.Dense(self.d_model, name="video_proj")(feats), mask)
+        v = v0 + self._attention("video_self_attention")(
+            v0, key_mask=mask, query_mask=mask, deterministic=deterministic)  # eq. 4
+        v_hat = FeedForward(self.d_model, self.ffn_dim, dropout_rate=self.dropout, name="video_ffn")(
+            v, deterministic=deterministic)
+        v_hat = LearnedPositionalEmbedding(self.max_positions, name="video_position")(v_hat)  # eq. 5
+        return mask_fill(v_hat, mask), mask
+
+    @nn.compact
+    def __call__(self, batch: Mapping[str, Array], *, train: bool) -> dict[str, Array]:
+        """Forward pass.
+
+        Args:
+          batch: dict with video_feats [B, T, Dv], video_mask [B, T],
+            query_tokens [B, L], query_mask [B, L].
+          train: enables dropout (needs a 'dropout' rng).
+
+        Returns:
+          start_logits, end_logits [B, T] (c^start, c^end; 0 at padded clips),
+          segment_logits [B, T] (only with ``use_segmentation``; 0 at padded
+          clips), video_mask [B, T], fused [B, T, D or 2D] (s of eq. 9),
+          candidate_spans [B, N, 2] and candidate_scores [B, N] (:func:`decode_spans`).
+        """
+        self._check()
+        det = not train
+        q_hat, qmask = self.encode_query(batch, det)
+        v_hat, vmask = self.encode_video(batch, det)
+
+        v_q = KeyAlignedAttention(self.num_heads, dropout_rate=self.attention_dropout, name="query_to_video")(
+            q_hat, v_hat, query_mask=qmask, key_mask=vmask, deterministic=det)  # eq. 7
+        if self.fusion_mode == "cross":
+            q_v = self._attention("video_to_query")(
+                v_hat, q_hat, key_mask=qmask, query_mask=vmask, deterministic=det)  # eq. 8
+            fused = jnp.concatenate([v_q, q_v], axis=-1)  # eq. 9
+        else:
+            fused = v_q
+        fused = nn.Dropout(self.dropout)(fused, deterministic=det)
+
+        hidden = self.lstm_hidden or self.d_model // 2
+        h_start = BiLSTM(hidden, name="start_rnn")(fused, vmask)  # eq. 10
+        h_end = BiLSTM(hidden, name="end_rnn")(h_start, vmask)  # eq. 11
+        start_logits = self._mlp("start_head")(jnp.concatenate([h_start, fused], -1))[..., 0]  # eq. 12
+        end_logits = self._mlp("end_head")(jnp.concatenate([h_end, fused], -1))[..., 0]  # eq. 13
+        start_logits, end_logits = mask_fill(start_logits, vmask), mask_fill(end_logits, vmask)
+        spans, scores = decode_spans(start_logits, end_logits, vmask, max_span_len=self.max_span_len,
+                                     num_candidates=self.num_candidates)
+        outputs = {
+            "start_logits": start_logits,
+            "end_logits": end_logits,
+            "video_mask": vmask,
+            "fused": mask_fill(fused, vmask),
+            "candidate_spans": spans,
+            "candidate_scores": scores,
+        }
+        if self.use_segmentation:
+            outputs["segment_logits"] = mask_fill(self._mlp("segment_head")(fused)[..., 0], vmask)  # eq. 15
+        return outputs
+
+
+# ----------------------------------------------------------------------------- loss / predict
+
+
+def loss_fn(
+    outputs: Mapping[str, Array],
+    batch: Mapping[str, Array],
+    *,
+    start_weight: float = 1.0,
+    end_weight: float = 1.0,
+    segment_weight: float = 1.0,
+) -> tuple[Array, dict[str, Array]]:
+    """start_weight * NLL_start + end_weight * NLL_end + segment_weight * BCE_segment.
+
+    NLL: -log P_start(i*) (resp. P_end(j*)) with P the softmax over valid clips
+    (eq. 14), averaged over examples with at least one valid clip. BCE: per-clip
+    binary cross-entropy of sigmoid(segment_logits) against the labels of
+    :func:`segment_labels` (eq. 15-16), averaged over all valid clips; absent
+    (0) when the model has no segmentation head.
+
+    Args:
+      outputs: :class:`CIMHA` outputs.
+      batch: needs gt_span [B, 2] (fractions of the duration).
+      start_weight, end_weight, segment_weight: loss weights.
+
+    Returns:
+      (loss, {'loss', 'start_loss', 'end_loss', 'segment_loss'}).
+    """
+    vmask = outputs["video_mask"]
+    start, end = boundary_indices(batch["gt_span"], vmask)
+    has_clips = (sequence_lengths(vmask) > 0).astype(jnp.float32)
+    num_examples = jnp.maximum(jnp.sum(has_clips), 1.0)
+
+    def nll(logits: Array, index: Array) -> Array:
+        log_p = jnp.take_along_axis(masked_log_softmax(logits, vmask), index[:, None], axis=1)[:, 0]
+        return jnp.sum(jnp.where(has_clips > 0, -log_p, 0.0)) / num_examples
+
+    start_loss = nll(outputs["start_logits"], start)
+    end_loss = nll(outputs["end_logits"], end)
+    loss = start_weight * start_loss + end_weight * end_loss
+    segment_loss = jnp.zeros((), start_loss.dtype)
+    if "segment_logits" in outputs:
+        logits = outputs["segment_logits"]
+        labels = segment_labels(start, end, logits.shape[1])
+        bce = -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+        segment_loss = jnp.sum(bce * vmask) / jnp.maximum(jnp.sum(vmask), 1.0)
+        loss = loss + segment_weight * segment_loss
+    return loss, {"loss": loss, "start_loss": start_loss, "end_loss": end_loss, "segment_loss": segment_loss}
+
+
+def predict_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None = None) -> tuple[Array, Array]:
+    """The decoded candidates: spans [B, N, 2] (fractions, start <= end) and scores [B, N]
+    (joint log-probabilities, ``MASKED_SCORE`` for impossible pairs); ``batch`` is unused."""
+    del batch
+    return outputs["candidate_spans"], outputs["candidate_scores"]
