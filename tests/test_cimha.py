@@ -11,10 +11,8 @@ from configs import test as test_config
 from jvmr import registry, train
 from jvmr.models import cimha as cimha_lib
 from jvmr.models import layers
-from reference import FAST_COMPILE, prefix_mask, sigmoid, to_numpy
-from test_cmin import T, T_VALID, make_batch, pad_batch, random_params, random_params_module, run
-from test_layers import _mha_reference as mha_reference
-from test_layers import bilstm_reference
+from reference import (FAST_COMPILE, T, T_VALID, bilstm_reference, make_batch, mha_reference, pad_batch, prefix_mask,
+                       random_params, random_params_module, run, sigmoid, to_numpy)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

@@ -11,96 +11,16 @@ import pytest
 from jvmr.data.text import DEPENDENCY_LABELS
 from jvmr.models import cmin as cmin_lib
 from jvmr.models import graph as graph_lib
-from reference import FAST_COMPILE, prefix_mask, sigmoid, to_numpy
+from reference import (B, E, FAST_COMPILE, L, L_VALID, NUM_LABELS, T, T_VALID, VOCAB, make_batch, pad_batch,
+                       prefix_mask, random_params, random_params_module, run, sigmoid, to_numpy)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 RTOL = 1e-4
 ATOL = 1e-5
-NUM_LABELS = 11
-VOCAB = 40
-B, T, L, E, DV = 2, 12, 6, 18, 10
-T_VALID = (12, 8)
-L_VALID = (6, 4)
 WIDTHS = (2, 4, 6)
 SMALL = dict(vocab_size=VOCAB, num_dep_labels=NUM_LABELS, word_dim=8, d_model=16, num_heads=2,
              num_attn_layers=2, num_gcn_layers=2, anchor_widths=WIDTHS)
-
-
-def _dependency_edges(rng, num_words, budget):
-    """Edges of a random tree as the pipeline emits them: both arc directions + self loops, then padding."""
-    edges = []  # (sender, receiver, label, direction)
-    for i in range(1, num_words):
-        head, label = int(rng.integers(0, i)), int(rng.integers(2, NUM_LABELS))
-        edges += [(i, head, label, 0), (head, i, label, 1)]  # dependent -> head, head -> dependent
-    edges += [(i, i, 1, 2) for i in range(num_words)]  # self loops
-    assert len(edges) <= budget
-    arr = np.zeros((budget, 4), np.int32)
-    arr[:len(edges)] = edges
-    mask = (np.arange(budget) < len(edges)).astype(np.float32)
-    return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], mask
-
-
-def make_batch(seed=0, t=T, l=L, e=E, garbage=False):
-    """A tiny batch; with ``garbage`` every padded slot holds junk that masks must hide."""
-    rng = np.random.default_rng(seed)
-    vmask, qmask = prefix_mask(T_VALID, t), prefix_mask(L_VALID, l)
-    feats = rng.normal(size=(B, t, DV)).astype(np.float32)
-    tokens = rng.integers(2, VOCAB, size=(B, l)).astype(np.int32)
-    edges = [_dependency_edges(np.random.default_rng(100 + b), L_VALID[b], e) for b in range(B)]
-    batch = dict(
-        video_feats=feats, video_mask=vmask, query_tokens=tokens * qmask.astype(np.int32), query_mask=qmask,
-        edge_senders=np.stack([x[0] for x in edges]).astype(np.int32),
-        edge_receivers=np.stack([x[1] for x in edges]).astype(np.int32),
-        edge_labels=np.stack([x[2] for x in edges]).astype(np.int32),
-        edge_directions=np.stack([x[3] for x in edges]).astype(np.int32),
-        edge_mask=np.stack([x[4] for x in edges]),
-        gt_span=np.array([[0.25, 0.6], [0.1, 0.45]], np.float32),
-    )
-    if garbage:
-        g = np.random.default_rng(seed + 999)
-        batch["video_feats"] = np.where(vmask[..., None] > 0, feats, g.normal(size=feats.shape) * 1e3).astype(np.float32)
-        batch["query_tokens"] = np.where(qmask > 0, batch["query_tokens"], g.integers(0, 3 * VOCAB, size=(B, l))).astype(np.int32)
-        emask = batch["edge_mask"] > 0
-        for key, hi in (("edge_senders", 3 * l), ("edge_receivers", 3 * l), ("edge_labels", 500), ("edge_directions", 7)):
-            batch[key] = np.where(emask, batch[key], g.integers(-2, hi, size=(B, e))).astype(np.int32)
-    return batch
-
-
-def pad_batch(batch, extra_t=5, extra_l=3, extra_e=4, seed=7):
-    """Pads every axis with garbage (masks 0)."""
-    g = np.random.default_rng(seed)
-    out = dict(batch)
-    out["video_feats"] = np.concatenate([batch["video_feats"], g.normal(size=(B, extra_t, DV)).astype(np.float32) * 1e3], 1)
-    out["video_mask"] = np.concatenate([batch["video_mask"], np.zeros((B, extra_t), np.float32)], 1)
-    out["query_tokens"] = np.concatenate([batch["query_tokens"], g.integers(0, 3 * VOCAB, (B, extra_l)).astype(np.int32)], 1)
-    out["query_mask"] = np.concatenate([batch["query_mask"], np.zeros((B, extra_l), np.float32)], 1)
-    for key, hi in (("edge_senders", 30), ("edge_receivers", 30), ("edge_labels", 500), ("edge_directions", 7)):
-        out[key] = np.concatenate([batch[key], g.integers(-3, hi, (B, extra_e)).astype(np.int32)], 1)
-    out["edge_mask"] = np.concatenate([batch["edge_mask"], np.zeros((B, extra_e), np.float32)], 1)
-    return out
-
-
-def random_params_module(module, *args, seed=0, scale=0.3, **kwargs):
-    """Random-normal params (biases included) with the init's shapes, without compiling the init."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_unflatten(
-        treedef, [jnp.asarray(rng.normal(size=x.shape) * scale, x.dtype) for x in leaves])
-
-
-def random_params(model, batch, seed=0, scale=0.3):
-    return random_params_module(model, batch, seed=seed, scale=scale, train=False)
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_apply(model):
-    return jax.jit(lambda p, b: model.apply(p, b, train=False), compiler_options=FAST_COMPILE)
-
-
-def run(model, params, batch):
-    return to_numpy(_jitted_apply(model)(params, batch))
 
 
 def param_keys(params):

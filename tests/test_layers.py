@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jvmr.models import layers
-from reference import FAST_COMPILE, prefix_mask, sigmoid, to_numpy
+from reference import FAST_COMPILE, bilstm_reference, mha_reference, prefix_mask, sigmoid, to_numpy
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -48,34 +48,6 @@ def test_masked_softmax_matches_numpy_and_handles_empty_rows():
     assert np.all(np.isfinite(np.asarray(grad)))
 
 
-def _mha_reference(p, xq, xkv, key_mask, query_mask, num_heads, window):
-    def dense(x, name):
-        return x @ p[name]["kernel"] + p[name]["bias"]
-
-    b, tq, _ = xq.shape
-    tk = xkv.shape[1]
-    q, k, v = dense(xq, "query"), dense(xkv, "key"), dense(xkv, "value")
-    dh = q.shape[-1] // num_heads
-    q = q.reshape(b, tq, num_heads, dh)
-    k = k.reshape(b, tk, num_heads, dh)
-    v = v.reshape(b, tk, num_heads, dh)
-    out = np.zeros((b, tq, num_heads * dh), np.float64)
-    weights = np.zeros((b, num_heads, tq, tk))
-    for bi in range(b):
-        for h in range(num_heads):
-            for i in range(tq):
-                allowed = [j for j in range(tk) if key_mask[bi, j] > 0 and (window <= 0 or abs(i - j) <= window)]
-                if not allowed:
-                    continue
-                s = np.array([q[bi, i, h] @ k[bi, j, h] / np.sqrt(dh) for j in allowed])
-                w = np.exp(s - s.max())
-                w /= w.sum()
-                weights[bi, h, i, allowed] = w
-                out[bi, i, h * dh:(h + 1) * dh] = w @ v[bi, allowed, h]
-    out = dense(out, "out")
-    return out * query_mask[..., None], weights
-
-
 @pytest.mark.parametrize("window", [0, 2])
 def test_multi_head_attention_matches_numpy(window):
     rng = np.random.default_rng(1)
@@ -87,7 +59,7 @@ def test_multi_head_attention_matches_numpy(window):
     params = jit_init(mha, x, key_mask=mask)
     out, w = jit_apply(mha, params, x, key_mask=mask, query_mask=mask, return_weights=True)
     x_clean = np.where(mask[..., None] > 0, x, 0.0)
-    ref, ref_w = _mha_reference(to_numpy(params["params"]), x_clean, x_clean, mask, mask, heads, window)
+    ref, ref_w = mha_reference(to_numpy(params["params"]), x_clean, x_clean, mask, mask, heads, window)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(np.asarray(w), ref_w * mask[:, None, :, None], rtol=RTOL, atol=ATOL)
 
@@ -102,7 +74,7 @@ def test_multi_head_cross_attention_fully_masked_rows_are_finite():
     out = np.asarray(jit_apply(mha, params, xq, xkv, key_mask=key_mask))
     assert out.shape == (2, 4, 7) and np.all(np.isfinite(out))
     np.testing.assert_allclose(out[1], np.broadcast_to(params["params"]["out"]["bias"], (4, 7)), atol=1e-6)
-    ref, _ = _mha_reference(to_numpy(params["params"]), xq, np.where(key_mask[..., None] > 0, xkv, 0), key_mask,
+    ref, _ = mha_reference(to_numpy(params["params"]), xq, np.where(key_mask[..., None] > 0, xkv, 0), key_mask,
                             np.ones((2, 4), np.float32), 3, 0)
     np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
 
@@ -220,30 +192,6 @@ def test_masked_log_softmax_matches_numpy_and_handles_empty_rows():
     np.testing.assert_array_equal(np.asarray(grad)[~mask], 0.0)
     np.testing.assert_allclose(np.asarray(layers.masked_log_softmax(jnp.asarray(logits[0]), None)),
                                np.asarray(jax.nn.log_softmax(logits[0])), rtol=1e-6)
-
-
-def _lstm_step(p, c, h, x):
-    def gate(name):
-        return x @ p[f"i{name}"]["kernel"] + h @ p[f"h{name}"]["kernel"] + p[f"h{name}"]["bias"]
-
-    i, f, g, o = sigmoid(gate("i")), sigmoid(gate("f")), np.tanh(gate("g")), sigmoid(gate("o"))
-    c = f * c + i * g
-    return c, o * np.tanh(c)
-
-
-def bilstm_reference(p, x, lengths):
-    """Numpy BiLSTM over [B, T, D] with per-row lengths; zeros at padded steps."""
-    b, t, _ = x.shape
-    hidden = p["forward_rnn"]["cell"]["hi"]["kernel"].shape[0]
-    out = np.zeros((b, t, 2 * hidden))
-    for bi, n in enumerate(lengths):
-        for direction, steps, cols in (("forward_rnn", range(n), slice(0, hidden)),
-                                       ("backward_rnn", reversed(range(n)), slice(hidden, None))):
-            c = h = np.zeros(hidden)
-            for i in steps:
-                c, h = _lstm_step(p[direction]["cell"], c, h, x[bi, i])
-                out[bi, i, cols] = h
-    return out
 
 
 def test_bilstm_matches_numpy_and_ignores_padding():
