@@ -11,7 +11,7 @@ paper's settings (Sec. 3.2) apply: queries of at most 25 words, a 128-clip grid,
 d = 512 (query Bi-LSTM to 512), 300-d GloVe word vectors (``data_prep --glove``,
 loaded through ``dataset.pretrained_embeddings``), batch 100, Adam at 1e-4. The
 input width is the data's (C3D 500-d, I3D 1024-d). Without one it is the
-embedded synthetic benchmark with CPU-sized settings (2,000 steps; about 8 minutes on 2 cores).
+embedded synthetic benchmark with CPU-sized settings (2,000 steps; about 5 minutes on 2 cores).
 
 Paper rows (Tables 1-2) as switches:
     (default)                              # CI-MHA: s = [v^q, q^v] + moment segmentation

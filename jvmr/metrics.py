@@ -16,27 +16,29 @@ default):
 3. ``mIoU``: mean over queries of the best IoU between the top-1 span and the
    ground-truth spans.
 
-All values are percentages. The field's evaluators differ in exactly two knobs,
-which are therefore parameters everywhere: ``iou_comparison`` (``'>='`` or
-``'>'``) and ``nms_threshold`` (``None`` = no NMS, plain top-k by score). A
-``Protocol`` bundles them with the ``ks`` and IoU thresholds, so named protocols
-(2D-TAN, TVR, moment_detr) are just further ``Protocol`` instances.
-
-IoU uses the exact union ``len_a + len_b - inter`` (moment_detr); 2D-TAN and TVR
-use the hull ``max(e) - min(s)``, which equals it whenever ``inter > 0`` and
-gives the same IoU of 0 otherwise. No epsilon is added to comparisons: an IoU
-that is exactly ``t`` counts for ``'>='`` and not for ``'>'``.
+All values are percentages. The field's evaluators differ in a few knobs, which
+are therefore parameters everywhere: ``iou_comparison`` (``'>='`` or ``'>'``),
+``nms_threshold`` (``None`` = no NMS, plain top-k by score), the IoU's union
+(``'exact'`` ``len_a + len_b - inter`` or the ``'hull'`` ``max(e) - min(s)``:
+equal on paper whenever the spans overlap, but they round apart, and real
+predictions sit on thresholds), the order of score ties, and whether rows are
+re-ranked by score or taken as given. A ``Protocol`` bundles them with the
+``ks`` and IoU thresholds. No epsilon is added to comparisons: an IoU that is
+exactly ``t`` counts for ``'>='`` and not for ``'>'``.
 
 NMS and top-k break score ties deterministically by candidate index (earlier
-first). Note that 2D-TAN's ``np.argsort(...)[::-1]`` puts the *later* flat index
-first; the ``'2dtan'`` protocol (``tie_break='later'``) reverses the candidate
-order before its stable ranking to match.
+first). 2D-TAN's ``np.argsort(...)[::-1]`` puts the *later* flat index first;
+the ``'2dtan'`` protocol (``tie_break='later'``) reverses the candidate order
+before its stable ranking to match.
 
-Named parity protocols live in ``PROTOCOLS`` (``get_protocol(name)``) and are
-evaluated on ragged per-query windows by ``evaluate_windows``: ``'2dtan'``
-(microsoft/2D-TAN ``lib/core/eval.py``) and ``'moment_detr'``
-(jayleicn/moment_detr ``standalone_eval/eval.py``: R1 of the first row plus
-ActivityNet-style mAP). ``jvmr.evaluate`` is the command-line front end.
+Named protocols live in ``PROTOCOLS`` (``get_protocol(name)``): ``'jvmr'`` (the
+default above), ``'2dtan'`` (microsoft/2D-TAN ``lib/core/eval.py``),
+``'moment_detr'`` (jayleicn/moment_detr ``standalone_eval/eval.py``: R1 of the
+first row plus ActivityNet-style mAP, per GT length range) and ``'tvr'``
+(jayleicn/TVRetrieval ``standalone_eval/eval.py``). ``evaluate_candidates``
+scores a model's candidates under one (the training loop), ``evaluate_windows``
+ragged per-query windows, ``evaluate_tvr`` a TVR submission; ``jvmr.evaluate``
+is the command-line front end.
 """
 
 from __future__ import annotations
@@ -79,12 +81,13 @@ class Protocol:
         or ``None`` for plain top-k by score.
       tie_break: Order of equal-score candidates when ranking by score:
         ``'earlier'`` (stable, the library default) or ``'later'`` (2D-TAN's
-        ``np.argsort(...)[::-1]``). Only used by ``evaluate_windows``.
+        ``np.argsort(...)[::-1]``).
       rank_by: ``'score'`` (candidates ranked by score, then NMS / top-k) or
         ``'given'`` (predictions used in the order given, first row = top-1,
-        as moment_detr's ``compute_mr_r1``). Only used by ``evaluate_windows``.
+        as moment_detr's ``compute_mr_r1``; ``evaluate_candidates`` ranks by
+        score first).
       map_iou_thresholds: IoU thresholds of the moment_detr-style mAP; empty
-        for no mAP. Only used by ``evaluate_windows``.
+        for no mAP.
       max_pred_windows: Number of leading prediction rows used for the mAP
         (moment_detr ``max_pred_windows=10``), ``None`` for all.
       iou_union: How the IoU with the ground truth divides: ``'exact'``
@@ -585,10 +588,6 @@ def _py(value: Any) -> Any:
     return value
 
 
-def _r4(x: float) -> float:
-    return round(float(x), 4)
-
-
 def _write_jsonl(path: str, rows: list[dict]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -599,14 +598,28 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _tie_groups_reversed(idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``idx`` (sorted by score, descending) with every run of equal scores reversed."""
+    out, start = [], 0
+    for k in range(1, len(idx) + 1):
+        if k == len(idx) or scores[idx[k]] != scores[idx[start]]:
+            out.extend(idx[start:k][::-1])
+            start = k
+    return np.asarray(out, np.int64)
+
+
 def write_predictions_jsonl(path: str, qids: Sequence[Any], vids: Sequence[Any], durations: Sequence[float],
                             spans: np.ndarray, scores: np.ndarray, valid: np.ndarray | None,
-                            queries: Sequence[Any] | None = None) -> int:
+                            queries: Sequence[Any] | None = None, tie_break: str = "earlier") -> int:
     """Writes ranked predictions as JSON lines (moment_detr / lighthouse format).
 
     One row per query: ``{"qid", "vid", "duration", "query" (if given),
     "pred_relevant_windows": [[st, ed, score], ...]}`` with the valid windows
-    sorted by score descending (stable), all numbers rounded to 4 decimals.
+    sorted by score descending (stable). Numbers are written at full precision
+    (``repr`` round-trips), so re-scoring the file reproduces the IoUs and
+    score ties the training loop saw. With ``tie_break='later'`` (the
+    ``2dtan`` protocol) each run of equal scores is written in reverse, so that
+    a reader ranking later rows first among ties recovers the given order.
 
     Args:
       path: Output file (written atomically).
@@ -617,6 +630,7 @@ def write_predictions_jsonl(path: str, qids: Sequence[Any], vids: Sequence[Any],
       scores: [Q, K] scores.
       valid: [Q, K] validity, ``None`` for all valid.
       queries: Optional [Q] query sentences.
+      tie_break: the ``Protocol.tie_break`` of the reader the file is for.
 
     Returns:
       The number of rows written.
@@ -637,12 +651,14 @@ def write_predictions_jsonl(path: str, qids: Sequence[Any], vids: Sequence[Any],
     for i in range(num_q):
         idx = np.flatnonzero(valid[i])
         idx = idx[np.argsort(-scores[i, idx], kind="stable")]
+        if tie_break == "later":
+            idx = _tie_groups_reversed(idx, scores[i])
         if not np.all(np.isfinite(scores[i, idx])) or not np.all(np.isfinite(spans[i, idx])):
-            raise ValueError(f"non-finite prediction for qid {_py(qids[i])!r}")
-        row: dict[str, Any] = {"qid": _py(qids[i]), "vid": _py(vids[i]), "duration": _r4(durations[i])}
+            raise ValueError(f"{path}: non-finite prediction for qid {_py(qids[i])!r}")
+        row: dict[str, Any] = {"qid": _py(qids[i]), "vid": _py(vids[i]), "duration": float(durations[i])}
         if queries is not None:
             row["query"] = _py(queries[i])
-        row["pred_relevant_windows"] = [[_r4(spans[i, j, 0]), _r4(spans[i, j, 1]), _r4(scores[i, j])]
+        row["pred_relevant_windows"] = [[float(spans[i, j, 0]), float(spans[i, j, 1]), float(scores[i, j])]
                                         for j in idx]
         rows.append(row)
     _write_jsonl(path, rows)
@@ -656,7 +672,7 @@ def write_ground_truth_jsonl(path: str, qids: Sequence[Any], vids: Sequence[Any]
 
     One row per query: ``{"qid", "vid", "duration", "query",
     "relevant_windows": [[st, ed], ...]}`` (valid windows in their original
-    order, rounded to 4 decimals; ``"query"`` is ``""`` when not given).
+    order, at full precision; ``"query"`` is ``""`` when not given).
 
     Args:
       path: Output file (written atomically).
@@ -683,9 +699,9 @@ def write_ground_truth_jsonl(path: str, qids: Sequence[Any], vids: Sequence[Any]
     rows = []
     for i in range(num_q):
         rows.append({
-            "qid": _py(qids[i]), "vid": _py(vids[i]), "duration": _r4(durations[i]),
+            "qid": _py(qids[i]), "vid": _py(vids[i]), "duration": float(durations[i]),
             "query": "" if queries is None else _py(queries[i]),
-            "relevant_windows": [[_r4(s), _r4(e)] for (s, e), ok in zip(gt_spans[i], gt_valid[i]) if ok],
+            "relevant_windows": [[float(s), float(e)] for (s, e), ok in zip(gt_spans[i], gt_valid[i]) if ok],
         })
     _write_jsonl(path, rows)
     return len(rows)
@@ -716,12 +732,12 @@ def write_tvr_files(submission_path: str, ground_truth_path: str | None, qids: S
     entries, gt_rows = [], []
     for i, qid in enumerate(qids):
         vid = str(_py(vids[i]))
-        preds = [[video2idx[vid], _r4(s), _r4(e), _r4(c)]
+        preds = [[video2idx[vid], float(s), float(e), float(c)]
                  for (s, e), c, ok in zip(spans[i], scores[i], valid[i]) if ok]
         entries.append({"desc_id": _tvr_desc_id(qid), "desc": _py(queries[i]), "predictions": preds})
-        windows = [[_r4(s), _r4(e)] for (s, e), ok in zip(gt_spans[i], gt_valid[i]) if ok]
+        windows = [[float(s), float(e)] for (s, e), ok in zip(gt_spans[i], gt_valid[i]) if ok]
         qtype = _py(query_types[i])
-        row = {"desc_id": _tvr_desc_id(qid), "vid_name": vid, "duration": _r4(durations[i]),
+        row = {"desc_id": _tvr_desc_id(qid), "vid_name": vid, "duration": float(durations[i]),
                "ts": windows[0] if len(windows) == 1 else windows, "desc": _py(queries[i])}
         if qtype in TVR_DESC_TYPES:
             row["type"] = qtype
@@ -1013,8 +1029,38 @@ def batched_detection_average_precision(gt_spans: np.ndarray, gt_valid: np.ndarr
     mprec = np.concatenate([zeros, precision, zeros], axis=-1)
     mrec = np.concatenate([zeros, recall, zeros + 1.0], axis=-1)
     mprec = np.maximum.accumulate(mprec[..., ::-1], axis=-1)[..., ::-1]
-    ap = np.sum((mrec[..., 1:] - mrec[..., :-1]) * mprec[..., 1:], axis=-1)  # [T, Q]
-    return ap.T
+    terms = (mrec[..., 1:] - mrec[..., :-1]) * mprec[..., 1:]  # [T, Q, P + 1]
+    changed = mrec[..., 1:] != mrec[..., :-1]
+    # The reference sums only the terms where the recall changes (np.sum of the compacted
+    # array); compact them to the left and sum them in numpy's order, bit for bit.
+    order = np.argsort(~changed, axis=-1, kind="stable")
+    compact = np.where(np.take_along_axis(changed, order, -1), np.take_along_axis(terms, order, -1), 0.0)
+    return _numpy_pairwise_sum(compact, changed.sum(axis=-1)).T
+
+
+def _numpy_pairwise_sum(x: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``np.sum(x[..., :n])`` per row, in the order numpy's pairwise summation adds (rows of <= 128).
+
+    Zero padding after the n values changes nothing: adding 0.0 is exact. Below 8
+    values numpy adds left to right; from 8 on it keeps 8 running sums, combines
+    them as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then adds the rest.
+    """
+    if x.shape[-1] > 128:
+        raise ValueError("rows longer than numpy's pairwise block (128) are not supported")
+    width = max(x.shape[-1], 8)
+    x = np.concatenate([x, np.zeros(x.shape[:-1] + (width - x.shape[-1],))], axis=-1)
+    sequential = np.zeros(x.shape[:-1])
+    for k in range(width):
+        sequential = sequential + x[..., k]
+    r = x[..., :8].copy()
+    blocks = (n - n % 8)[..., None]  # values summed in the 8 accumulators
+    for start in range(8, width - 7, 8):
+        take = (np.arange(start, start + 8) < blocks)
+        r = np.where(take, r + x[..., start:start + 8], r)
+    paired = ((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3])) + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7]))
+    for k in range(8, width):
+        paired = np.where(k >= blocks[..., 0], paired + x[..., k], paired)
+    return np.where(n < 8, sequential, paired)
 
 
 def _windows(w: Any, cols: int, what: str) -> np.ndarray:
@@ -1161,7 +1207,9 @@ def evaluate_candidates(protocol: str | Protocol, cand_spans: np.ndarray, cand_s
     protocol = get_protocol(protocol)
     cand_spans = np.asarray(cand_spans, np.float64)
     cand_scores = np.asarray(cand_scores, np.float64)
-    valid = np.isfinite(cand_scores) if cand_valid is None else np.asarray(cand_valid, bool) & ~np.isneginf(cand_scores)
+    valid = ~np.isneginf(cand_scores)  # -inf marks impossible candidates; NaN is an error below
+    if cand_valid is not None:
+        valid &= np.asarray(cand_valid, bool)
     nan = np.isnan(cand_scores) & valid
     if nan.any():
         raise ValueError(f"NaN score for query {int(np.flatnonzero(nan.any(axis=1))[0])}")
@@ -1288,10 +1336,10 @@ def evaluate_windows(protocol: str | Protocol, pred_windows: Sequence[Any],
 # ---------------------------------------------------------------------------
 # TVR (video corpus moment retrieval): jayleicn/TVRetrieval standalone_eval/eval.py
 #
-# Not a ``Protocol`` (it is not in ``PROTOCOLS``): the TVR submission carries
-# video ids as well as spans and three tasks (VCMR / SVMR / VR), so it has its
-# own entry points ``tvr_correct`` / ``evaluate_tvr_task`` / ``evaluate_tvr``;
-# ``jvmr.evaluate --protocol=tvr`` is its command-line front end.
+# The ``'tvr'`` protocol covers per-query windows (its SVMR task); a TVR
+# submission carries video ids as well as spans and three tasks (VCMR / SVMR /
+# VR), so it has its own entry points ``tvr_correct`` / ``evaluate_tvr_task`` /
+# ``evaluate_tvr``; ``jvmr.evaluate --protocol=tvr`` is its command-line front end.
 
 
 

@@ -311,15 +311,14 @@ def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np
     gt_mask = np.concatenate(gt_masks)
     query_types = np.asarray(host["query_type"])
     tvr_types = query_types if set(query_types) <= set(metrics_lib.TVR_DESC_TYPES) else None
-    full, scored = metrics_lib.evaluate_candidates(protocol, spans, scores, gt, gt_mask, np.isfinite(scores),
-                                                   desc_types=tvr_types)
+    # -inf marks impossible candidates; a NaN score (a diverged model) is an error, not a miss.
+    full, scored = metrics_lib.evaluate_candidates(protocol, spans, scores, gt, gt_mask, desc_types=tvr_types)
     result = metrics_lib.flat_metrics(full)
     if len(set(query_types)) > 1:
         key = metrics_lib.primary_metric_key(protocol)
         for qtype in sorted(set(query_types)):
             sel = query_types == qtype
-            sub, _ = metrics_lib.evaluate_candidates(protocol, spans[sel], scores[sel], gt[sel], gt_mask[sel],
-                                                     np.isfinite(scores[sel]))
+            sub, _ = metrics_lib.evaluate_candidates(protocol, spans[sel], scores[sel], gt[sel], gt_mask[sel])
             result[f"{qtype}/{key}"] = metrics_lib.flat_metrics(sub)[key]
     predictions = dict(host, duration=np.concatenate(durations), spans=scored.spans, scores=scored.scores,
                        valid=scored.valid, gt_spans=gt, gt_valid=gt_mask, metrics=full, protocol=protocol.name)
@@ -329,8 +328,12 @@ def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np
 def write_predictions(directory: str, split: str, step: int, predictions: dict[str, Any]) -> None:
     """Writes the files that let any run be re-scored by ``python -m jvmr.evaluate``.
 
-    * ``{split}_step{step}.jsonl`` (moment_detr rows, ranked) and, once,
-      ``{split}_ground_truth.jsonl``: ``--protocol=jvmr|2dtan|moment_detr``;
+    * ``{split}_step{step}.jsonl`` (moment_detr rows: the windows the run's
+      protocol kept, in its rank order, at full precision) and, once,
+      ``{split}_ground_truth.jsonl``. Re-scoring them under the run's protocol
+      reproduces the logged metrics exactly; under another protocol it scores
+      those kept windows (e.g. a ``2dtan`` run keeps 5 windows after NMS, so
+      moment_detr's top-10 mAP sees only those 5);
     * for the ``tvr`` protocol also ``{split}_step{step}_tvr.json`` (a TVR
       submission with the SVMR block) and ``{split}_tvr_ground_truth.jsonl`` (TVR
       release rows): ``--protocol=tvr``;
@@ -338,10 +341,11 @@ def write_predictions(directory: str, split: str, step: int, predictions: dict[s
       reference evaluator's structure, with the protocol's name.
     """
     os.makedirs(directory, exist_ok=True)
+    tie_break = metrics_lib.get_protocol(predictions.get("protocol", "jvmr")).tie_break
     metrics_lib.write_predictions_jsonl(
         os.path.join(directory, f"{split}_step{step}.jsonl"), predictions["qid"], predictions["vid"],
         predictions["duration"], predictions["spans"], predictions["scores"], predictions["valid"],
-        queries=predictions["query"])
+        queries=predictions["query"], tie_break=tie_break)
     gt_path = os.path.join(directory, f"{split}_ground_truth.jsonl")
     if not os.path.exists(gt_path):
         metrics_lib.write_ground_truth_jsonl(
@@ -355,8 +359,10 @@ def write_predictions(directory: str, split: str, step: int, predictions: dict[s
             predictions["duration"], predictions["spans"], predictions["scores"], predictions["valid"],
             predictions["gt_spans"], predictions["gt_valid"])
     if "metrics" in predictions:
-        with open(os.path.join(directory, f"{split}_step{step}_metrics.json"), "w") as f:
+        path = os.path.join(directory, f"{split}_step{step}_metrics.json")
+        with open(path + ".tmp", "w") as f:  # NaN where the reference writes NaN (TVR by-type, no query)
             json.dump({"protocol": predictions.get("protocol"), **predictions["metrics"]}, f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------ main loop

@@ -301,9 +301,9 @@ def test_write_predictions_jsonl(tmp_path):
     assert n == 2
     rows = _read_jsonl(path)
     assert rows[0] == {"qid": "q0", "vid": "v0", "duration": 12.5, "query": "a man runs",
-                       "pred_relevant_windows": [[3.0, 4.0, 0.9], [0.0, 1.0, 0.7], [1.2346, 2.0, 0.5]]}
+                       "pred_relevant_windows": [[3.0, 4.0, 0.9], [0.0, 1.0, 0.7], [1.23456, 2.0, 0.5]]}
     assert rows[1] == {"qid": 7, "vid": "v1", "duration": 30.0, "query": "b",
-                       "pred_relevant_windows": [[0.0, 5.0, 0.1235]]}
+                       "pred_relevant_windows": [[0.0, 5.0, 0.123456]]}
     M.write_predictions_jsonl(path, ["q0", "q1"], ["v0", "v1"], [1, 1], spans, scores, valid)
     assert "query" not in _read_jsonl(path)[0]
     with pytest.raises(ValueError):
@@ -316,7 +316,7 @@ def test_write_ground_truth_jsonl(tmp_path):
     valid = np.array([[1, 1], [1, 0]])
     M.write_ground_truth_jsonl(path, ["a", "b"], ["v", "w"], [10, 20], gt, valid, queries=["x", "y"])
     assert _read_jsonl(path) == [
-        {"qid": "a", "vid": "v", "duration": 10.0, "query": "x", "relevant_windows": [[1.0, 2.3333], [5.0, 6.0]]},
+        {"qid": "a", "vid": "v", "duration": 10.0, "query": "x", "relevant_windows": [[1.0, 2.33333], [5.0, 6.0]]},
         {"qid": "b", "vid": "w", "duration": 20.0, "query": "y", "relevant_windows": [[0.0, 3.0]]},
     ]
     M.write_ground_truth_jsonl(path, ["a"], ["v"], [10], [np.array([[1, 2], [3, 4]])], None)
@@ -344,3 +344,34 @@ def test_format_metrics_table():
     assert len({len(line) for line in lines[:3]}) == 1  # grid aligned
     assert lines[1].rindex("42.80") + 5 == lines[0].rindex("IoU=0.5") + 7  # right-aligned columns
     assert M.format_metrics_table({"mIoU": 1.0}) == "mIoU  1.00"
+
+
+def test_written_files_rescore_exactly_under_the_producing_protocol(tmp_path):
+    """Tied scores and IoUs on threshold boundaries survive the file round trip, for either tie order."""
+    from jvmr import evaluate
+
+    rng = np.random.default_rng(3)
+    q, n = 300, 12
+    gt = np.sort(rng.integers(0, 40, size=(q, 1, 2)), axis=-1).astype(np.float64) / 4
+    gt[..., 1] += 1.0
+    spans = np.sort(rng.integers(0, 44, size=(q, n, 2)), axis=-1).astype(np.float64) / 4
+    spans[:, :3] = gt + np.array([0.0, 0.25])  # near-hits, often tied below
+    scores = rng.integers(0, 3, size=(q, n)).astype(np.float64) / 3  # many exact ties
+    for name in ("jvmr", "2dtan"):
+        metrics, kept = M.evaluate_candidates(name, spans, scores, gt)
+        pred_path, gt_path = str(tmp_path / f"{name}.jsonl"), str(tmp_path / "gt.jsonl")
+        qids = [f"q{i}" for i in range(q)]
+        M.write_predictions_jsonl(pred_path, qids, ["v"] * q, [50.0] * q, kept.spans, kept.scores, kept.valid,
+                                  tie_break=M.get_protocol(name).tie_break)
+        M.write_ground_truth_jsonl(gt_path, qids, ["v"] * q, [50.0] * q, gt, None)
+        rescored = evaluate.run(name, pred_path, gt_path)
+        assert {k: rescored[k] for k in metrics} == metrics, name
+
+
+def test_nan_scores_are_errors_not_misses():
+    spans = np.array([[[0.0, 1.0], [1.0, 2.0]]])
+    with pytest.raises(ValueError, match="NaN score for query 0"):
+        M.evaluate_candidates("jvmr", spans, np.array([[np.nan, 0.5]]), np.array([[[0.0, 1.0]]]))
+    # -inf marks an impossible candidate: skipped.
+    metrics, _ = M.evaluate_candidates("jvmr", spans, np.array([[-np.inf, 0.5]]), np.array([[[1.0, 2.0]]]))
+    assert metrics["R@1,IoU=0.5"] == 100.0

@@ -312,7 +312,7 @@ def test_batched_detection_ap_matches_the_per_query_loop():
     gt_spans, gt_valid = M.pad_spans(gts)
     rows, valid = M.pad_rows(preds, 3)
     got = M.batched_detection_average_precision(gt_spans, gt_valid, rows, valid, thr)
-    np.testing.assert_allclose(got, expected, atol=1e-12)
+    np.testing.assert_array_equal(got, expected)  # bit for bit: same terms summed in numpy's order
 
 
 def test_hull_and_exact_union_round_apart_on_threshold_boundaries():
@@ -328,7 +328,14 @@ def test_hull_and_exact_union_round_apart_on_threshold_boundaries():
         M.temporal_iou(pred, gt, "average")
 
 
-def test_moment_detr_r1_picks_the_window_by_exact_union_then_scores_the_hull():
-    # Two GT windows; the top-1 [0, 1] overlaps only the first: picked, scored by the hull.
-    r = M.evaluate_windows("moment_detr", [[[0.0, 1.0, 1.0]]], [[[0.0, 2.0], [5.0, 6.0]]])
-    assert r["full"]["MR-R1"]["0.5"] == 100.0 and r["full"]["MR-R1"]["0.55"] == 0.0
+def test_moment_detr_r1_scores_with_the_hull_union():
+    # [9.46, 28.08] in [8.48, 28.08]: IoU 0.95 on paper; the hull gives 0.95, the exact union 0.9499999999999998.
+    # compute_mr_r1 scores the top-1 with the hull (batch_paired), so it is a hit at 0.95.
+    pred, gt = [[[9.46, 28.08, 1.0]]], [[[8.48, 28.08], [40.0, 41.0]]]
+    assert M.temporal_iou(np.array([9.46, 28.08]), np.array([8.48, 28.08]), "exact") < 0.95
+    r = M.evaluate_windows("moment_detr", pred, gt)
+    assert r["full"]["MR-R1"]["0.95"] == 100.0
+    # ... while its mAP matches with the exact union (batch_cross): a miss at 0.95.
+    assert r["full"]["MR-mAP"]["0.95"] == 0.0 and r["full"]["MR-mAP"]["0.9"] == 50.0  # 1 of 2 GT windows found
+    exact = dataclasses.replace(M.get_protocol("moment_detr"), iou_union="exact")
+    assert M.evaluate_windows(exact, pred, gt)["full"]["MR-R1"]["0.95"] == 0.0

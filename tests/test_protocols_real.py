@@ -216,9 +216,11 @@ def test_moment_detr_matches_reference(case):
         if block is None:  # moment_detr's zero placeholder
             assert result[name]["MR-mAP"]["average"] == 0.0
             continue
-        for kind in ("MR-R1", "MR-mAP"):
-            for key, value in block[kind].items():
-                assert result[name][kind][key] == pytest.approx(value, abs=0.0101), (name, kind, key)
+        assert result[name]["MR-R1"] == block["MR-R1"], name  # a mean of hits: exact
+        for key, value in block["MR-mAP"].items():
+            # The per-query APs agree bit for bit; their mean over queries may round 0.01 apart at a
+            # 2-decimal boundary (summation order; moment_detr itself collects them with imap_unordered).
+            assert result[name]["MR-mAP"][key] == pytest.approx(value, abs=0.0101), (name, key)
     assert result["brief"]["MR-full-R1@0.5"] == expected["full"]["MR-R1"]["0.5"]
 
 

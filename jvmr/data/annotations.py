@@ -407,7 +407,7 @@ DATASETS: dict[str, DatasetSpec] = {
         name="charades_sta", read=read_charades_sta,
         split_files={"train": ("charades_sta_train.txt",), "test": ("charades_sta_test.txt",)},
         durations_file="charades.json", durations_required=True,
-        feature_dim=1024, feature_note="I3D, one <vid>.npy per video (VSLNet / 2D-TAN)",
+        feature_dim=1024, feature_note="I3D, one <vid>.npy per video (VSLNet; 2D-TAN used VGG 4096-d)",
         feature_files=("i3d_features",)),
     "activitynet_captions": DatasetSpec(
         name="activitynet_captions", read=read_activitynet_captions,

@@ -57,7 +57,7 @@ def _require_h5py():
     try:
         import h5py
     except ImportError as e:  # Optional dependency (the ``data`` extra).
-        raise ImportError("reading HDF5 features needs h5py: pip install 'jvmr[data]' (h5py==3.16.0)") from e
+        raise ImportError("reading HDF5 features needs h5py: pip install 'jvmr[data]' (h5py==3.14.0)") from e
     return h5py
 
 
