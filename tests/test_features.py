@@ -226,17 +226,20 @@ def test_l2_normalize_matches_numpy():
 
 
 def linspace_mean_pool(x: np.ndarray, num_clips: int) -> np.ndarray:
-    """Plain loop: bin i covers clips [round(i T / n), round((i + 1) T / n)); an empty bin repeats one clip."""
+    """Plain loop of 2D-TAN's average_to_fixed_length / VSLNet's visual_feature_sampling.
+
+    Bin bounds round(i T / n), capped at T - 1; a bin is the mean of [s, e), or clip s when empty.
+    """
     t = x.shape[0]
-    bounds = np.round(np.linspace(0, t, num_clips + 1)).astype(int)
+    bounds = [min(int(round(i / num_clips * t)), t - 1) for i in range(num_clips + 1)]
     out = []
     for i in range(num_clips):
         s, e = bounds[i], bounds[i + 1]
-        out.append(x[s:e].astype(np.float64).mean(0) if s < e else x[min(s, t - 1)].astype(np.float64))
+        out.append(x[s:e].astype(np.float64).mean(0) if s < e else x[s].astype(np.float64))
     return np.stack(out)
 
 
-@pytest.mark.parametrize("t, num_clips", [(37, 16), (5, 16), (16, 16), (61, 7), (1, 4)])
+@pytest.mark.parametrize("t, num_clips", [(37, 16), (5, 16), (16, 16), (61, 7), (1, 4), (5, 6), (200, 128)])
 def test_resample_composes_with_stores(tmp_path, t, num_clips):
     x = random_feats(t, t, 1024)
     with features.open_features(write_npy(tmp_path / "grid", "vid", x)) as store:

@@ -118,7 +118,8 @@ def test_resample_matches_numpy(data_dir):
 
 def test_resample_numpy_reference():
     feats = np.arange(12, dtype=np.float32).reshape(6, 2)
-    np.testing.assert_allclose(pipeline.resample_features_np(feats, 3), [[1, 2], [5, 6], [9, 10]])
+    # Bounds round(linspace(0, 6, 4)) = [0, 2, 4, 6], capped at 5 as 2D-TAN / VSLNet do: the last bin is clip 4.
+    np.testing.assert_allclose(pipeline.resample_features_np(feats, 3), [[1, 2], [5, 6], [8, 9]])
     # Upsampling repeats clips.
     np.testing.assert_allclose(pipeline.resample_features_np(feats[:2], 4), [[0, 1], [0, 1], [2, 3], [2, 3]])
 

@@ -43,14 +43,19 @@ HOST_KEYS = ("qid", "vid", "query", "query_type")
 
 
 def resample_features_np(feats: np.ndarray, num_clips: int) -> np.ndarray:
-    """Mean-pools [T, D] features over ``num_clips`` linspace bins (repeats when T < num_clips).
+    """Mean-pools [T, D] features to ``num_clips`` linspace bins, exactly as 2D-TAN and VSLNet do.
 
-    This is the resampling of the official CMIN / VSLNet / 2D-TAN loaders.
+    Bounds are ``round(arange(num_clips + 1) / num_clips * T)`` (their arithmetic,
+    so halves round the same way) capped at ``T - 1``; bin i
+    is the mean of clips ``[b_i, b_{i+1})``, or clip ``b_i`` alone when that is
+    empty (so clips repeat when T < num_clips). Because of the cap, the last clip
+    only enters when a bin starts there: the official loaders' quirk, kept so
+    that features resampled here match theirs.
     """
     t = feats.shape[0]
-    idx = np.round(np.linspace(0, t, num_clips + 1)).astype(np.int64)
-    start = np.minimum(idx[:-1], t - 1)
-    end = np.minimum(np.maximum(idx[1:], start + 1), t)
+    idx = np.minimum(np.round(np.arange(num_clips + 1, dtype=np.float64) / num_clips * t).astype(np.int64), t - 1)
+    start, end = idx[:-1], idx[1:]
+    end = np.where(end > start, end, start + 1)
     cs = np.concatenate([np.zeros((1, feats.shape[1]), np.float64), np.cumsum(feats, 0, dtype=np.float64)])
     return ((cs[end] - cs[start]) / (end - start)[:, None]).astype(np.float32)
 
@@ -58,9 +63,10 @@ def resample_features_np(feats: np.ndarray, num_clips: int) -> np.ndarray:
 def _resample_features(feats, num_clips: int):
     import tensorflow as tf
     t = tf.shape(feats)[0]
-    idx = tf.cast(tf.round(tf.linspace(tf.constant(0.0, tf.float64), tf.cast(t, tf.float64), num_clips + 1)), tf.int32)
-    start = tf.minimum(idx[:-1], t - 1)
-    end = tf.minimum(tf.maximum(idx[1:], start + 1), t)
+    idx = tf.cast(tf.round(tf.range(num_clips + 1, dtype=tf.float64) / num_clips * tf.cast(t, tf.float64)), tf.int32)
+    idx = tf.minimum(idx, t - 1)  # as resample_features_np (2D-TAN / VSLNet)
+    start, end = idx[:-1], idx[1:]
+    end = tf.where(end > start, end, start + 1)
     cs = tf.concat([tf.zeros([1, tf.shape(feats)[1]], tf.float64),
                     tf.cumsum(tf.cast(feats, tf.float64), axis=0)], axis=0)
     pooled = (tf.gather(cs, end) - tf.gather(cs, start)) / tf.cast(end - start, tf.float64)[:, None]
