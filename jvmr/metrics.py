@@ -1002,12 +1002,8 @@ def batched_detection_average_precision(gt_spans: np.ndarray, gt_valid: np.ndarr
     thr = np.asarray(iou_thresholds, np.float64)
     if num_p == 0:
         return np.zeros((num_q, len(thr)))
-    key = np.where(pred_valid, pred[..., 2], -np.inf)
-    order = np.argsort(-key, axis=1, kind="stable")
-    order = np.take_along_axis(order, np.argsort(~np.take_along_axis(pred_valid, order, 1), axis=1, kind="stable"), 1)
-    pred = np.take_along_axis(pred, order[..., None], 1)
-    pred_valid = np.take_along_axis(pred_valid, order, 1)
-    iou = temporal_iou(pred[:, :, None, :2], gt_spans[:, None, :, :])  # [Q, P, G]
+    spans, _, pred_valid, _ = _rank_by_score(pred[..., :2], pred[..., 2], pred_valid, "earlier")
+    iou = temporal_iou(spans[:, :, None, :], gt_spans[:, None, :, :])  # [Q, P, G]
     num_g = gt_spans.shape[1]
     locked = np.zeros((len(thr), num_q, num_g), bool)
     tp = np.zeros((len(thr), num_q, num_p))
