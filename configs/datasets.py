@@ -32,7 +32,7 @@ from jvmr.data import synthetic
 _DATASETS = {
     # The embedded benchmark, generated in WORKDIR/data (no files needed).
     "synthetic": dict(max_video_len=64, max_query_len=20, video_sampling="pad",
-                      train_split="train", eval_splits=("val", "test", "test_novel")),
+                      train_split="train", eval_splits=("val", "test", "test_novel", "test_paraphrase")),
     # I3D 1024-d per-video .npy (VSLNet; 2D-TAN used VGG 4096-d: --feature_dim=4096); papers evaluate on test.
     "charades_sta": dict(max_video_len=64, max_query_len=20, video_sampling="resample",
                          train_split="train", eval_splits=("test",)),

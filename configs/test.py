@@ -28,9 +28,9 @@ def get_config():
     config.dataset.max_video_len = 32
     config.dataset.max_query_len = 16
     synth = config.dataset.synthetic
-    synth.num_train, synth.num_val, synth.num_test, synth.num_test_novel = 120, 24, 24, 16
-    synth.min_clips, synth.max_clips = 20, 40  # Longer than the grid too: exercises resampling.
-    synth.min_events, synth.max_events = 4, 5
-    synth.min_event_clips, synth.max_event_clips = 2, 4
+    synth.num_train, synth.num_val, synth.num_test, synth.num_test_novel, synth.num_test_paraphrase = (
+        120, 24, 24, 16, 16)
+    synth.min_clips, synth.max_clips = 20, 60  # Longer than the grid too: exercises resampling.
+    synth.parser = "gold"  # The grammar's own trees: no spaCy load in the smoke tests.
     config.eval.batch_size = 16
     return config

@@ -7,7 +7,11 @@ Writes into ``--output_dir``:
 
 * ``{split}.tfrecord-NNNNN-of-MMMMM``: the examples of each split (``jvmr.data.schema``),
   grouped by video in the order videos first appear in the annotation file;
-* ``vocab.txt``: the train split's tokens (``jvmr.data.text.build_vocabulary``);
+* ``vocab.txt``: the train split's tokens (``jvmr.data.text.build_vocabulary``); with
+  ``--glove`` also the other converted splits' words that GloVe has (after the train
+  words, by frequency), so a val/test-only word keeps its GloVe vector instead of
+  sharing ``<unk>``'s; ``manifest.json`` records the rule (``vocab_source``: ``train``
+  or ``train+glove``) and ``vocab_non_train_words``, the words not seen in train;
 * ``embeddings.npy``: with ``--glove``, float32 [V, D] vectors aligned with ``vocab.txt``;
 * ``manifest.json``, written last: examples, videos, fixed and skipped records
   (reason -> count, with example messages) per split, feature dims, clip count,
@@ -327,11 +331,13 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         streams.close()
 
-    vocab, vocab_source = _vocabulary(args, tokens)
+    vocab, vocab_source, vectors = _vocabulary(args, tokens)
     vocab_path = os.path.join(args.output_dir, "vocab.txt")
     text.write_vocabulary(vocab, vocab_path + ".tmp")
     os.replace(vocab_path + ".tmp", vocab_path)
-    glove = _write_embeddings(args, vocab) if args.glove else None
+    glove = _write_embeddings(args, vocab, vectors) if args.glove else None
+    train_words = {w for t in tokens.get("train", ()) for w in t}
+    other_words = {w for split, lists in tokens.items() if split != "train" for t in lists for w in t}
 
     sources = [p for p in list(split_files.values()) + [durations_path] if p]
     manifest = {
@@ -352,6 +358,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                      for stream, s in zip(STREAMS, (streams.video, streams.subtitle, streams.query)) if s is not None},
         "vocab_size": len(vocab),
         "vocab_source": vocab_source,
+        "vocab_non_train_words": sum(1 for w in vocab if w in other_words and w not in train_words),
         "parser": {"name": args.parser, "model": args.parser_model if args.parser == "spacy" else ""},
         "dependency_labels": sorted(labels),
         "unknown_dependency_labels": sorted(set(labels) - set(text.DEPENDENCY_LABELS)),
@@ -372,20 +379,38 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     return manifest
 
 
-def _vocabulary(args: argparse.Namespace, tokens: dict[str, list[list[str]]]) -> tuple[list[str], str]:
+def _vocabulary(args: argparse.Namespace, tokens: dict[str, list[list[str]]]
+                ) -> tuple[list[str], str, tuple[np.ndarray, np.ndarray] | None]:
+    """(vocabulary, its rule for the manifest, and with the train+glove rule its GloVe (vectors, found))."""
     if args.vocab:
-        return text.read_vocabulary(args.vocab), os.path.abspath(args.vocab)
-    if "train" in tokens:
-        return text.build_vocabulary(tokens["train"]), "train"
-    print(f"warning: no train split converted and no --vocab given: vocab.txt is built from "
-          f"{sorted(tokens)}; to evaluate a model trained elsewhere pass --vocab=ITS_DATA_DIR/vocab.txt",
-          file=sys.stderr)
-    return text.build_vocabulary(t for split in tokens.values() for t in split), "+".join(sorted(tokens))
+        return text.read_vocabulary(args.vocab), os.path.abspath(args.vocab), None
+    if "train" not in tokens:
+        print(f"warning: no train split converted and no --vocab given: vocab.txt is built from "
+              f"{sorted(tokens)}; to evaluate a model trained elsewhere pass --vocab=ITS_DATA_DIR/vocab.txt",
+              file=sys.stderr)
+        return text.build_vocabulary(t for split in tokens.values() for t in split), "+".join(sorted(tokens)), None
+    train = text.build_vocabulary(tokens["train"])
+    if not args.glove:
+        return train, "train", None
+    # train words + the other splits' words GloVe has: one pass over the file for the candidates
+    # decides both which words stay and their vectors (rows are per word, so dropping some changes none).
+    seen = set(train)
+    others = text.build_vocabulary(t for split, lists in tokens.items() if split != "train" for t in lists)
+    candidates = train + [w for w in others[2:] if w not in seen]
+    vectors, found = _load_glove(args, candidates)
+    keep = np.arange(len(candidates)) < len(train)
+    keep |= found
+    return [w for w, k in zip(candidates, keep) if k], "train+glove", (vectors[keep], found[keep])
 
 
-def _write_embeddings(args: argparse.Namespace, vocab: list[str]) -> dict[str, Any]:
+def _load_glove(args: argparse.Namespace, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
     from jvmr.data import glove
-    vectors, found = glove.load_glove(args.glove, vocab, dim=args.glove_dim, cache_dir=args.glove_cache_dir or None)
+    return glove.load_glove(args.glove, vocab, dim=args.glove_dim, cache_dir=args.glove_cache_dir or None)
+
+
+def _write_embeddings(args: argparse.Namespace, vocab: list[str],
+                      loaded: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    vectors, found = loaded if loaded is not None else _load_glove(args, vocab)
     path = os.path.join(args.output_dir, "embeddings.npy")
     np.save(path + ".tmp.npy", vectors)
     os.replace(path + ".tmp.npy", path)

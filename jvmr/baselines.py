@@ -1,25 +1,39 @@
-"""Trivial moment-retrieval baselines: how far can one get without looking?
+"""Baselines that need no learning: how far can one get without understanding?
 
-A benchmark split is only informative if these stay well below the models:
+A benchmark split is only informative if the query-blind ones stay well below
+the models, and the rule-based one says how much is solvable by rules:
 
 * ``random_span``: k spans drawn uniformly at random inside each video.
 * ``fixed_prior_span``: the best *fixed* normalised span(s) learned on the
-  train split (moment-position prior), predicted for every test query.
+  train split (moment-position prior), predicted for every query.
+* ``random_event`` (embedded benchmark): the video's true events in a random
+  order, query-blind: the chance level of a query-blind method that finds the
+  events perfectly. Averaged over ``num_draws`` random orders.
+* ``structure_only`` (embedded benchmark): knows the true events and their
+  compositions, and every word of the query but its actions and objects; picks
+  among the answers of those words under any of the video's compositions. What
+  reading a query's type, counts and direction without grounding it gives.
+* ``rule_based`` (embedded benchmark): a generator-aware decoder with no
+  learning: per-clip Gaussian log-likelihoods under the generator's own
+  prototypes (compositions, idle states, near-misses), a Viterbi path with a
+  fixed switch penalty, then the grammar's own semantics (``synthetic.resolve``)
+  applied to the query's fields on the decoded events.
 
-(The third trivial baseline, a query-blind model, is a model ablation trained
-elsewhere.)
+(The trained query-blind model is a model switch, ``model.query_blind``.)
 
 CLI (absl flags)::
 
-    python -m jvmr.baselines --data_dir=DIR [--train_split=train] \\
-        [--eval_split=test] [--output=FILE.json]
+    python -m jvmr.baselines --data_dir=DIR [--splits=test,test_novel] [--output=FILE.json]
 
-reads the TFRecord splits with ``jvmr.data.schema.read_split`` and prints both
-baselines' R@k / mIoU tables (default protocol of ``jvmr.metrics``: IoU ``>=``).
+prints a table per baseline and split, and writes
+``{baseline: {split: {metric_key: value}}}`` with the keys of
+``eval_metrics.jsonl`` (the dataset's protocol, plus the headline metric per
+query type).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -182,10 +196,28 @@ def fixed_prior_span(train_durations: Sequence[float], train_gt: Any, test_durat
     Returns:
       ``FixedPrior(metrics, span, spans, train_recall)``.
     """
-    tr_spans, tr_valid = _as_padded(train_gt, train_gt_valid)
-    tr_d = _as_durations(train_durations, tr_spans.shape[0])
+    spans, train_recall = _select_prior_spans(train_durations, train_gt, train_gt_valid, step, k, nms_threshold,
+                                              selection_threshold, iou_comparison)
     te_spans, te_valid = _as_padded(test_gt, test_gt_valid)
     te_d = _as_durations(test_durations, te_spans.shape[0])
+    pred = spans[None] * te_d[:, None, None]
+    test_metrics = metrics.recall_at_k(pred, None, te_spans, te_valid, ks, iou_thresholds, iou_comparison)
+    return FixedPrior(test_metrics, spans[0].copy(), spans, train_recall)
+
+
+def fixed_prior_spans(train_durations: Sequence[float], train_gt: Any, train_gt_valid: np.ndarray | None = None, *,
+                      step: float = 0.02, k: int = 5, nms_threshold: float | None = 0.5,
+                      selection_threshold: float = 0.5, iou_comparison: str = ">=") -> np.ndarray:
+    """The normalised spans ``fixed_prior_span`` predicts (float64 [K, 2], the best first), learned on train."""
+    return _select_prior_spans(train_durations, train_gt, train_gt_valid, step, k, nms_threshold,
+                               selection_threshold, iou_comparison)[0]
+
+
+def _select_prior_spans(train_durations, train_gt, train_gt_valid, step, k, nms_threshold, selection_threshold,
+                        iou_comparison) -> tuple[np.ndarray, float]:
+    """(grid spans ranked by train R@1 then mean IoU, after NMS, [K, 2]; train R@1 of the first, percent)."""
+    tr_spans, tr_valid = _as_padded(train_gt, train_gt_valid)
+    tr_d = _as_durations(train_durations, tr_spans.shape[0])
     if tr_spans.shape[0] == 0:
         raise ValueError("empty train split")
     grid = span_grid(step)
@@ -196,91 +228,288 @@ def fixed_prior_span(train_durations: Sequence[float], train_gt: Any, test_durat
     rank_score = np.empty(grid.shape[0])
     rank_score[order] = np.arange(grid.shape[0], 0, -1, dtype=np.float64)
     kept = metrics.temporal_nms(grid, rank_score, nms_threshold, k)
-    spans = grid[kept]
-    pred = spans[None] * te_d[:, None, None]
-    test_metrics = metrics.recall_at_k(pred, None, te_spans, te_valid, ks, iou_thresholds, iou_comparison)
-    train_recall = float(100.0 * hits[order[0]] / tr_spans.shape[0])
-    return FixedPrior(test_metrics, grid[order[0]].copy(), spans, train_recall)
+    return grid[kept], float(100.0 * hits[order[0]] / tr_spans.shape[0])
+
+
+# ---------------------------------------------------------------------------
+# Generator-aware baselines of the embedded benchmark
+
+
+def _ranked_candidates(ranked: Sequence[Sequence[tuple[float, float]]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, its first k ranked spans as candidates: spans [Q, k, 2] and scores [Q, k] (k, k-1, ...;
+    -inf where a query has fewer)."""
+    spans = np.zeros((len(ranked), k, 2))
+    scores = np.full((len(ranked), k), -np.inf)
+    for i, row in enumerate(ranked):
+        row = list(row)[:k]
+        if row:
+            spans[i, :len(row)] = row
+            scores[i, :len(row)] = np.arange(k, k - len(row), -1)
+    return spans, scores
+
+
+def _by_query(records: Sequence[dict[str, Any]], qids: Sequence[str]):
+    """Yields (video record, query record) of each qid (``{vid}-q{i}``), in order."""
+    by_vid = {r["vid"]: r for r in records}
+    queries = {q["qid"]: q for r in records for q in r["queries"]}
+    for qid in qids:
+        yield by_vid[qid.rsplit("-q", 1)[0]], queries[qid]
+
+
+def _span(events: Sequence[Any], indices: Sequence[int], hull: bool) -> list[tuple[float, float]]:
+    """The spans of events (dicts with start / end, or (pair, start, end) tuples); one hull span if ``hull``."""
+    spans = [(e["start"], e["end"]) if isinstance(e, dict) else (e[1], e[2]) for e in (events[i] for i in indices)]
+    return [(min(s for s, _ in spans), max(t for _, t in spans))] if hull and spans else spans
+
+
+def random_event_candidates(records: Sequence[dict[str, Any]], qids: Sequence[str], rng: np.random.Generator,
+                            k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, up to k of its video's true events in a random order (query-blind).
+
+    Args:
+      records: ``synthetic.read_videos`` records.
+      qids: [Q] query ids (``{vid}-q{i}``).
+      rng: random stream.
+      k: events per query.
+
+    Returns:
+      spans [Q, k, 2] seconds and scores [Q, k] (k, k-1, ...; -inf where the video has fewer events).
+    """
+    return _ranked_candidates([_span(video["events"], rng.permutation(len(video["events"])), False)
+                               for video, _ in _by_query(records, qids)], k)
+
+
+def structure_only_candidates(records: Sequence[dict[str, Any]], qids: Sequence[str], rng: np.random.Generator,
+                              k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the answers of its type / count / direction words under any compositions, in a random order.
+
+    Knows the video's true events and their compositions, and every word of the
+    query except its actions and objects (``synthetic.signature``): a model that
+    reads the query's structure but not what it is about. Then the other events
+    follow, in a random order.
+
+    Returns:
+      spans [Q, k, 2] seconds and scores [Q, k].
+    """
+    from jvmr.data import synthetic
+    cache: dict[str, dict] = {}
+    ranked = []
+    for video, q in _by_query(records, qids):
+        events = video["events"]
+        if video["vid"] not in cache:
+            cache[video["vid"]] = synthetic.structural_answers([(e["action"], e["object"]) for e in events])
+        options = sorted(cache[video["vid"]].get(synthetic.signature(q), set()))
+        row = [_span(events, options[j], q["hull"])[0] for j in rng.permutation(len(options))]
+        used = {t for o in options for t in o}
+        ranked.append(row + _span(events, [t for t in rng.permutation(len(events)) if t not in used], False))
+    return _ranked_candidates(ranked, k)
+
+
+def viterbi_switch(log_lik: np.ndarray, switch_penalty: float) -> np.ndarray:
+    """The best state path under per-step log-likelihoods [T, S] and a fixed cost per state change; [T] int."""
+    t, s = log_lik.shape
+    score = log_lik[0].copy()
+    back = np.zeros((t, s), np.int64)
+    for i in range(1, t):
+        best = int(np.argmax(score))
+        switch = score[best] - switch_penalty
+        stay = score >= switch
+        back[i] = np.where(stay, np.arange(s), best)
+        score = np.where(stay, score, switch) + log_lik[i]
+    path = np.zeros(t, np.int64)
+    path[-1] = int(np.argmax(score))
+    for i in range(t - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path
+
+
+def rule_based_events(features: np.ndarray, clip_seconds: float, cfg: Any, protos: Any,
+                      switch_penalty: float = 12.0, rounds: int = 3) -> list[tuple[tuple[str, str], float, float]]:
+    """Decodes a video's events from its clip features with the generator's own prototypes (no learning).
+
+    States are every composition, idle state and near-miss; emissions are
+    Gaussian with the generator's clip noise around the prototype plus a
+    per-video style offset, re-estimated from the decoded path ``rounds`` times.
+
+    Returns:
+      [(composition, start seconds, end seconds)] of the decoded events, in order.
+    """
+    from jvmr.data import synthetic
+    lex = synthetic.Lexicon.of(cfg)
+    comps = [(a, o) for a in lex.actions for o in lex.objects]
+    means = np.concatenate([protos.compositions.reshape(-1, protos.compositions.shape[-1]), protos.idle,
+                            protos.near_miss]).astype(np.float64)
+    x = np.asarray(features, np.float64)
+    var = max(cfg.clip_noise, 1e-3) ** 2
+    style = x.mean(0) - means.mean(0)
+    path = np.zeros(len(x), np.int64)
+    for _ in range(rounds):
+        d = ((x - style)[:, None, :] - means[None]) ** 2
+        path = viterbi_switch(-d.sum(-1) / (2 * var), switch_penalty)
+        style = (x - means[path]).mean(0)
+    events = []
+    start = 0
+    for i in range(1, len(path) + 1):
+        if i == len(path) or path[i] != path[start]:
+            if path[start] < len(comps):
+                events.append((comps[path[start]], start * clip_seconds, i * clip_seconds))
+            start = i
+    return events
+
+
+def rule_based_candidates(records: Sequence[dict[str, Any]], features: dict[str, np.ndarray],
+                          qids: Sequence[str], cfg: Any, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the spans the grammar's semantics give on the rule-based decoded events.
+
+    The resolved events come first (their hull for "then"); then the other
+    events of the queried composition, then every other decoded event, so R@5
+    has a list. Queries resolve on the decoded composition sequence exactly as
+    ``synthetic.resolve`` defines them.
+
+    Returns:
+      spans [Q, k, 2] seconds and scores [Q, k] (descending; -inf when unused).
+    """
+    from jvmr.data import synthetic
+    protos = synthetic.prototypes(cfg)
+    decoded: dict[str, list] = {}
+    ranked = []
+    for video, q in _by_query(records, qids):
+        vid = video["vid"]
+        if vid not in decoded:
+            decoded[vid] = rule_based_events(features[vid], video["clip_seconds"], cfg, protos)
+        events = decoded[vid]
+        pairs = [p for p, _, _ in events]
+        hit = synthetic.resolve(pairs, q)
+        rest = sorted((j for j in range(len(events)) if j not in hit), key=lambda j: pairs[j] != (q["action"],
+                                                                                                  q["object"]))
+        ranked.append(_span(events, hit, q["hull"]) + _span(events, rest, False))
+    return _ranked_candidates(ranked, k)
 
 
 # ---------------------------------------------------------------------------
 # CLI
 
 
-def load_split(data_dir: str, split: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Durations [Q] and ragged gt spans (seconds) of a TFRecord split."""
+def load_split(data_dir: str, split: str, with_features: bool = True) -> dict[str, Any]:
+    """A TFRecord split's qids, vids, durations [Q], padded gt spans [Q, G, 2] + validity, query types,
+    and (``with_features``) the feature array of each video."""
     from jvmr.data import schema
-    durations, spans = [], []
+    out: dict[str, Any] = {"qid": [], "vid": [], "duration": [], "gt": [], "query_type": [], "features": {}}
     for ex in schema.read_split(data_dir, split):
-        durations.append(float(ex.duration))
-        spans.append(np.asarray(ex.gt_spans, np.float64).reshape(-1, 2))
-    return np.asarray(durations, np.float64), spans
+        out["qid"].append(ex.qid)
+        out["vid"].append(ex.vid)
+        out["duration"].append(float(ex.duration))
+        out["gt"].append(np.asarray(ex.gt_spans, np.float64).reshape(-1, 2))
+        out["query_type"].append(ex.query_type)
+        if with_features:
+            out["features"].setdefault(ex.vid, ex.video_features)
+    out["duration"] = np.asarray(out["duration"], np.float64)
+    out["gt_spans"], out["gt_valid"] = metrics.pad_spans(out.pop("gt")) if out["qid"] else (
+        np.zeros((0, 1, 2)), np.zeros((0, 1), bool))
+    return out
 
 
-def run_baselines(data_dir: str, train_split: str = "train", eval_split: str = "test", seed: int = 0,
-                  ks: Sequence[int] = metrics.DEFAULT_KS,
-                  iou_thresholds: Sequence[float] = metrics.DEFAULT_IOU_THRESHOLDS,
-                  iou_comparison: str = ">=", grid_step: float = 0.02,
-                  nms_threshold: float | None = 0.5) -> dict[str, Any]:
-    """Both baselines on a dataset directory; the JSON-serialisable report of the CLI.
+def _manifest(data_dir: str) -> dict[str, Any]:
+    path = os.path.join(data_dir, "manifest.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _average(results: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.mean([r[key] for r in results])) for key in results[0]}
+
+
+def run_baselines(data_dir: str, splits: Sequence[str] | None = None, train_split: str = "train",
+                  protocol: str = "", seed: int = 0, num_draws: int = 20, k: int = 5,
+                  grid_step: float = 0.02) -> dict[str, dict[str, dict[str, float]]]:
+    """Every applicable baseline on every evaluation split of a built dataset.
+
+    Args:
+      data_dir: a dataset directory (``data_prep.build`` or the embedded benchmark).
+      splits: splits to evaluate (default: every split of the manifest but ``train_split``).
+      train_split: the split the fixed prior is learned on.
+      protocol: evaluation protocol (default: the dataset's, ``metrics.DATASET_PROTOCOLS``).
+      seed: seed of the random baselines.
+      num_draws: random orders averaged by ``random_event``.
+      k: spans per query.
+      grid_step: grid step of the fixed-prior search.
 
     Returns:
-      ``{"data_dir", "train_split", "eval_split", "num_train", "num_eval",
-      "protocol", "random_span": {"seed", "k", "metrics"},
-      "fixed_prior_span": {"span", "spans", "train_recall", "metrics"}}``
-      (spans normalised to the duration).
+      ``{baseline: {split: {metric_key: value}}}`` with ``eval_metrics.jsonl``'s keys.
     """
-    k = max(int(x) for x in ks)
-    tr_d, tr_gt = load_split(data_dir, train_split)
-    te_d, te_gt = load_split(data_dir, eval_split)
-    for name, gt in ((train_split, tr_gt), (eval_split, te_gt)):
-        if not gt:
-            raise ValueError(f"split {name!r} in {data_dir} has no examples")
-    common = dict(ks=tuple(ks), iou_thresholds=tuple(iou_thresholds), iou_comparison=iou_comparison)
-    rand = random_span(te_d, te_gt, None, seed=seed, k=k, **common)
-    prior = fixed_prior_span(tr_d, tr_gt, te_d, te_gt, step=grid_step, k=k, nms_threshold=nms_threshold,
-                             **common)
-    return {
-        "data_dir": data_dir, "train_split": train_split, "eval_split": eval_split,
-        "num_train": len(tr_gt), "num_eval": len(te_gt),
-        "protocol": {**{key: list(v) if isinstance(v, tuple) else v for key, v in common.items()},
-                     "nms_threshold": nms_threshold, "grid_step": grid_step},
-        "random_span": {"seed": seed, "k": k, "metrics": rand},
-        "fixed_prior_span": {"span": [round(float(x), 4) for x in prior.span],
-                             "spans": [[round(float(x), 4) for x in s] for s in prior.spans],
-                             "train_recall": prior.train_recall, "metrics": prior.metrics},
-    }
+    manifest = _manifest(data_dir)
+    dataset = manifest.get("dataset", "")
+    protocol = get_protocol_for(dataset, protocol)
+    if splits is None:
+        splits = [s for s, n in manifest.get("num_examples", {}).items() if n and s != train_split]
+        if not splits:
+            raise ValueError(f"no evaluation split in {data_dir}/manifest.json: pass --splits")
+    train = load_split(data_dir, train_split, with_features=False)
+    if not train["qid"]:
+        raise ValueError(f"split {train_split!r} in {data_dir} has no examples")
+    prior_spans = fixed_prior_spans(train["duration"], train["gt_spans"], train["gt_valid"], step=grid_step, k=k)
+    synthetic_cfg = None
+    if dataset == "synthetic":
+        from jvmr.data import synthetic
+        synthetic_cfg = synthetic.config_from_dict(manifest["config"])
+    report: dict[str, dict[str, dict[str, float]]] = collections.defaultdict(dict)
+    def rng(name: str, split: str) -> np.random.Generator:  # One stream per (baseline, split).
+        return np.random.default_rng([seed, *(ord(c) for c in f"{name}/{split}")])
+
+    for split in splits:
+        data = load_split(data_dir, split, with_features=synthetic_cfg is not None)
+        if not data["qid"]:
+            raise ValueError(f"split {split!r} in {data_dir} has no examples")
+        d, gt, valid, types = data["duration"], data["gt_spans"], data["gt_valid"], data["query_type"]
+
+        def score(spans, scores):
+            return metrics.evaluate_split(protocol, spans, scores, gt, valid, types)[0]
+
+        ranks = np.arange(k, 0, -1, dtype=np.float64)[None].repeat(len(d), 0)
+        report["random_span"][split] = score(random_span_predictions(d, seed, k), ranks)
+        report["fixed_prior_span"][split] = score(prior_spans[None] * d[:, None, None],
+                                                  ranks[:, :len(prior_spans)])
+        if synthetic_cfg is not None:
+            from jvmr.data import synthetic
+            records = synthetic.read_videos(data_dir, split)
+            for name, candidates in (("random_event", random_event_candidates),
+                                     ("structure_only", structure_only_candidates)):
+                stream = rng(name, split)
+                report[name][split] = _average([score(*candidates(records, data["qid"], stream, k))
+                                                for _ in range(num_draws)])
+            report["rule_based"][split] = score(*rule_based_candidates(
+                records, data["features"], data["qid"], synthetic_cfg, k))
+    return {name: dict(v) for name, v in report.items()}
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """Human-readable text of a ``run_baselines`` report."""
-    rs, fp = report["random_span"], report["fixed_prior_span"]
-    s, e = fp["span"]
-    thr = "selection R@1 IoU>=0.5" if report["protocol"]["iou_comparison"] == ">=" else "selection R@1 IoU>0.5"
-    return "\n".join([
-        f"== random span (seed {rs['seed']}, k={rs['k']}) on {report['eval_split']} "
-        f"({report['num_eval']} queries) ==",
-        metrics.format_metrics_table(rs["metrics"]),
-        "",
-        f"== fixed prior span [{s:.2f}, {e:.2f}] x duration, learned on {report['train_split']} "
-        f"({report['num_train']} queries, train {thr} = {fp['train_recall']:.2f}), "
-        f"on {report['eval_split']} ==",
-        metrics.format_metrics_table(fp["metrics"]),
-    ])
+def get_protocol_for(dataset: str, protocol: str = "") -> metrics.Protocol:
+    """The named protocol, else the dataset's (the library default for an unknown dataset)."""
+    if protocol:
+        return metrics.get_protocol(protocol)
+    return metrics.protocol_for_dataset(dataset) if dataset in metrics.DATASET_PROTOCOLS else metrics.DEFAULT_PROTOCOL
+
+
+def format_report(report: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Human-readable tables of a ``run_baselines`` report."""
+    lines = []
+    for name, by_split in report.items():
+        for split, result in by_split.items():
+            lines += [f"== {name} on {split} ==", metrics.format_metrics_table(result), ""]
+    return "\n".join(lines)
 
 
 def _define_flags() -> None:
     from absl import flags
-    flags.DEFINE_string("data_dir", None, "Directory of the TFRecord splits (jvmr.data.schema).")
+    flags.DEFINE_string("data_dir", None, "Directory of the TFRecord splits (jvmr.data.schema) and manifest.json.")
+    flags.DEFINE_list("splits", None, "Splits to evaluate (default: every split but --train_split).")
     flags.DEFINE_string("train_split", "train", "Split the fixed prior is learned on.")
-    flags.DEFINE_string("eval_split", "test", "Split the baselines are evaluated on.")
-    flags.DEFINE_string("output", None, "Optional JSON file for the report.")
-    flags.DEFINE_integer("seed", 0, "Seed of the random-span baseline.")
-    flags.DEFINE_list("ks", [str(x) for x in metrics.DEFAULT_KS], "The k of R@k.")
-    flags.DEFINE_list("iou_thresholds", [str(x) for x in metrics.DEFAULT_IOU_THRESHOLDS], "IoU thresholds.")
-    flags.DEFINE_enum("iou_comparison", ">=", list(metrics.IOU_COMPARISONS), "Correct if IoU (cmp) threshold.")
+    flags.DEFINE_string("protocol", "", "Evaluation protocol (default: the dataset's).")
+    flags.DEFINE_string("output", None, "JSON file {baseline: {split: {metric_key: value}}}.")
+    flags.DEFINE_integer("seed", 0, "Seed of the random baselines.")
+    flags.DEFINE_integer("num_draws", 20, "Random event orders averaged by random_event.")
     flags.DEFINE_float("grid_step", 0.02, "Grid step of the fixed-prior search (normalised).")
-    flags.DEFINE_float("nms_threshold", 0.5, "NMS among the fixed-prior grid spans for R@k (<0: none).")
     flags.mark_flag_as_required("data_dir")
 
 
@@ -290,10 +519,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
-    report = run_baselines(
-        f.data_dir, f.train_split, f.eval_split, seed=f.seed, ks=[int(x) for x in f.ks],
-        iou_thresholds=[float(x) for x in f.iou_thresholds], iou_comparison=f.iou_comparison,
-        grid_step=f.grid_step, nms_threshold=None if f.nms_threshold < 0 else f.nms_threshold)
+    report = run_baselines(f.data_dir, f.splits, f.train_split, protocol=f.protocol, seed=f.seed,
+                           num_draws=f.num_draws, grid_step=f.grid_step)
     print(format_report(report))
     if f.output:
         os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)

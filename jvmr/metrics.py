@@ -1256,6 +1256,34 @@ def primary_metric_key(protocol: str | Protocol) -> str:
     return {"flat": recall_key(1, 0.5), "moment_detr": "MR-full-R1@0.5", "tvr": "SVMR-0.5-r1"}[protocol.output]
 
 
+def evaluate_split(protocol: str | Protocol, cand_spans: np.ndarray, cand_scores: np.ndarray,
+                   gt_spans: np.ndarray, gt_valid: np.ndarray | None = None,
+                   query_types: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any], EvaluationResult]:
+    """A split's numbers as ``eval_metrics.jsonl`` logs them, from scored candidates.
+
+    Runs ``evaluate_candidates`` (TVR's by-type block when the query types are
+    v / t / vt) and adds, when there are several query types, the headline
+    metric of each as ``{type}/{key}`` (e.g. ``ordinal/R@1,IoU=0.5``).
+
+    Returns:
+      (flat metrics with the per-type keys, the protocol's full result, the ranked predictions).
+    """
+    protocol = get_protocol(protocol)
+    types = None if query_types is None else np.asarray(query_types)
+    tvr_types = types if types is not None and set(types) <= set(TVR_DESC_TYPES) else None
+    full, scored = evaluate_candidates(protocol, cand_spans, cand_scores, gt_spans, gt_valid, desc_types=tvr_types)
+    result = flat_metrics(full)
+    if types is not None and len(set(types)) > 1:
+        key = primary_metric_key(protocol)
+        gt_valid = None if gt_valid is None else np.asarray(gt_valid)
+        for qtype in sorted(set(types)):
+            sel = types == qtype
+            sub, _ = evaluate_candidates(protocol, np.asarray(cand_spans)[sel], np.asarray(cand_scores)[sel],
+                                         np.asarray(gt_spans)[sel], None if gt_valid is None else gt_valid[sel])
+            result[f"{qtype}/{key}"] = flat_metrics(sub)[key]
+    return result, full, scored
+
+
 def evaluate_windows(protocol: str | Protocol, pred_windows: Sequence[Any],
                      gt_windows: Sequence[Any]) -> dict[str, Any]:
     """Evaluates ragged per-query predictions under a (named) protocol.

@@ -158,6 +158,9 @@ def create_learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_step
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """'adam' (+ an L2 term added to the gradient, torch.optim.Adam) or 'adamw' (decoupled decay
+    p -= lr * weight_decay * p, fairseq's Adam); with ``model.freeze_embeddings`` the word table
+    (``params['word_embed']``) gets no update at all, weight decay included."""
     opt = config.optimizer
     schedule = create_learning_rate_schedule(opt, config.num_train_steps)
     parts = []
@@ -172,7 +175,14 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
                                  weight_decay=opt.weight_decay))
     else:
         raise ValueError(f"Unknown optimizer.name {opt.name!r}")
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if config.model.get("freeze_embeddings", False):
+        # A stop_gradient alone would still let the decay (or Adam's normalised L2 gradient) move the table.
+        def labels(params):
+            return {k: jax.tree.map(lambda _: "frozen" if k == "word_embed" else "train", v)
+                    for k, v in params.items()}
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx
 
 
 def create_train_state(config: ml_collections.ConfigDict, model, example_batch: dict[str, np.ndarray],
@@ -309,17 +319,7 @@ def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np
     scores = np.concatenate(cand_scores)
     gt = np.concatenate(gts)
     gt_mask = np.concatenate(gt_masks)
-    query_types = np.asarray(host["query_type"])
-    tvr_types = query_types if set(query_types) <= set(metrics_lib.TVR_DESC_TYPES) else None
-    # -inf marks impossible candidates; a NaN score (a diverged model) is an error, not a miss.
-    full, scored = metrics_lib.evaluate_candidates(protocol, spans, scores, gt, gt_mask, desc_types=tvr_types)
-    result = metrics_lib.flat_metrics(full)
-    if len(set(query_types)) > 1:
-        key = metrics_lib.primary_metric_key(protocol)
-        for qtype in sorted(set(query_types)):
-            sel = query_types == qtype
-            sub, _ = metrics_lib.evaluate_candidates(protocol, spans[sel], scores[sel], gt[sel], gt_mask[sel])
-            result[f"{qtype}/{key}"] = metrics_lib.flat_metrics(sub)[key]
+    result, full, scored = metrics_lib.evaluate_split(protocol, spans, scores, gt, gt_mask, host["query_type"])
     predictions = dict(host, duration=np.concatenate(durations), spans=scored.spans, scores=scored.scores,
                        valid=scored.valid, gt_spans=gt, gt_valid=gt_mask, metrics=full, protocol=protocol.name)
     return result, predictions

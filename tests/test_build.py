@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from data_prep import build
-from jvmr.data import annotations, pipeline, schema, text
+from jvmr.data import annotations, glove, pipeline, schema, text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -280,3 +280,53 @@ def test_spacy_parses_map_to_known_labels(tmp_path):
     for ex in schema.read_split(out, "test"):  # Every parse is a forest over its own tokens with a root.
         assert -1 in ex.dep_heads and all(-1 <= h < len(ex.tokens) for h in ex.dep_heads)
         assert all((lab == "root") == (h == -1) for h, lab in zip(ex.dep_heads, ex.dep_labels))
+
+
+def test_glove_vocabulary_adds_other_splits_words_that_glove_has(tmp_path):
+    """--glove: vocabulary = train words + (val/test words that GloVe has); others stay <unk>."""
+    folder = write_small_charades(tmp_path, [
+        "VIDAA 1.0 5.0##the person opens the door.", "VIDBB 2.0 6.0##a person sits."],
+        {"VIDAA": 20.0, "VIDBB": 25.0})
+    (tmp_path / "ann" / "charades_sta_test.txt").write_text(
+        "VIDAA 1.0 4.0##the zebra opens paris unicorn door.\nVIDBB 0.5 3.0##zebra sits zebra.\n")
+    feats = write_npy_dir(tmp_path / "feats", ["VIDAA", "VIDBB"], t=6, dim=1024)
+    vectors = {"the": [0.1, 0.2, 0.3], "person": [1, 2, 3], "zebra": [7, 8, 9], "Paris": [-4, 5, -6],
+               "door": [4, 5, 6]}  # "Paris" only cased; "unicorn" absent
+    glove_path = tmp_path / "glove.txt"
+    glove_path.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vectors.items()))
+    train_words = {"the", "person", "opens", "door", "a", "sits"}
+    test_words = {"the", "zebra", "opens", "paris", "unicorn", "door", "sits"}
+    in_glove = {w.lower() for w in vectors}
+
+    out = str(tmp_path / "out")
+    m = run_build("--dataset=charades_sta", f"--annotations={folder}", f"--features={feats}", f"--output_dir={out}",
+                  "--parser=none", f"--glove={glove_path}")
+    vocab = text.read_vocabulary(f"{out}/vocab.txt")
+    assert set(vocab) == {text.PAD_TOKEN, text.UNK_TOKEN} | train_words | (test_words & in_glove)
+    # The train words first, in build_vocabulary's order (as without GloVe).
+    assert vocab[:len(train_words) + 2] == text.build_vocabulary(["the person opens the door".split(),
+                                                                  "a person sits".split()])
+    assert m["vocab_source"] == "train+glove" and m["vocab_non_train_words"] == 2  # zebra, paris
+    emb = np.load(f"{out}/embeddings.npy")
+    assert emb.shape == (len(vocab), 3)
+    for i, w in enumerate(vocab):
+        want = {k.lower(): v for k, v in vectors.items()}.get(w)
+        if w == text.PAD_TOKEN:
+            np.testing.assert_array_equal(emb[i], 0.0)
+        elif want is not None:
+            np.testing.assert_allclose(emb[i], want, err_msg=w)
+        else:
+            np.testing.assert_array_equal(emb[i], glove.oov_vector(w, 3), err_msg=w)
+    assert m["glove"]["found"] == len(in_glove) and m["glove"]["missing"] == len(vocab) - len(in_glove)
+    # Read back: test-only words GloVe has get their own ids, "unicorn" is <unk>.
+    batch = read_back(out, "test", dataset_config(1024, max_video_len=6, max_query_len=8))
+    first = [q.decode() for q in batch["qid"]].index("VIDAA_1")
+    ids = batch["query_tokens"][first][:6].tolist()
+    assert ids == [vocab.index(w) for w in ("the", "zebra", "opens", "paris")] + [text.UNK_ID, vocab.index("door")]
+
+    # Without --glove the vocabulary stays train-only: zebra is <unk> too.
+    m = run_build("--dataset=charades_sta", f"--annotations={folder}", f"--features={feats}",
+                  f"--output_dir={tmp_path / 'plain'}", "--parser=none")
+    plain = set(text.read_vocabulary(f"{tmp_path / 'plain'}/vocab.txt"))
+    assert plain == {text.PAD_TOKEN, text.UNK_TOKEN} | train_words
+    assert m["vocab_source"] == "train" and m["vocab_non_train_words"] == 0

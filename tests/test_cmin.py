@@ -31,7 +31,8 @@ def param_keys(params):
 
 
 def _gcn_layer_reference(p, h, node_mask, batch, gate_mode, use_gates):
-    """Loop over edges: g_i = ReLU(sum_j gate_ij (W_dir h_j + b_{dir,lab}))."""
+    """Loop over edges: g_i = ReLU(sum_j gate_ij (W_dir h_j + b_{dir,lab})); gate_ij is a scalar from h_j
+    ('input') or a vector from W_dir h_j ('transformed': [F] @ [F, F] gate kernel + [F] gate bias)."""
     g = np.zeros((h.shape[0], h.shape[1], p["kernel"].shape[-1]))
     for b in range(h.shape[0]):
         for e in range(batch["edge_mask"].shape[1]):
@@ -66,6 +67,55 @@ def test_syntactic_gcn_stack_matches_numpy(gate_mode, use_gates):
     np.testing.assert_allclose(out, o, rtol=RTOL, atol=ATOL)
     if not use_gates:
         assert "gate_kernel" not in params["params"]["layer_0"]
+
+
+def _released_gcn_layer(p, h, arcs, num_words, num_labels):
+    """The released GraphConvolution (vector gates) with dense adjacency matrices, one example.
+
+    A[head, dep] = label; direction 0 (the head gathers its dependents) uses A, direction 1 A^T,
+    direction 2 the identity with label 1 (self loop). Per direction D and label r:
+        x' = W_D h,   out += 1[A_D == r] @ ((x' + b_{D,r}) * sigmoid(W^g_D x' + b^g_{D,r})).
+    """
+    adj = np.zeros((num_words, num_words), int)
+    for head, dep, label in arcs:
+        adj[head, dep] = label
+    out = np.zeros((num_words, p["kernel"].shape[-1]))
+    for d, a in enumerate((adj, adj.T, np.eye(num_words, dtype=int))):
+        x = h @ p["kernel"][d]
+        g = x @ p["gate_kernel"][d]
+        for r in range(1, num_labels):
+            row = d * num_labels + r
+            out += (a == r).astype(float) @ ((x + p["label_bias"][row]) * sigmoid(g + p["gate_bias"][row]))
+    return np.maximum(out, 0.0)
+
+
+def test_transformed_vector_gate_matches_released_numpy():
+    """gate_input='transformed' is the released code's vector gate on W_dir h_j (hand-built graph)."""
+    num_words, l, e, d_in, feats = 4, 6, 16, 5, 7
+    arcs = [(1, 0, 2), (1, 2, 5), (1, 3, 9), (3, 2, 4)]  # (head, dependent, label): "took" heads three words
+    edges = [(dep, head, lab, 0) for head, dep, lab in arcs] + [(head, dep, lab, 1) for head, dep, lab in arcs]
+    edges += [(i, i, 1, 2) for i in range(num_words)]
+    rng = np.random.default_rng(21)
+    pad = [(int(rng.integers(-2, 9)), int(rng.integers(-2, 9)), int(rng.integers(0, 99)), int(rng.integers(0, 5)))
+           for _ in range(e - len(edges))]
+    senders, receivers, labels, directions = (np.array([[x[k] for x in edges + pad]], np.int32) for k in range(4))
+    edge_mask = (np.arange(e) < len(edges)).astype(np.float32)[None]
+    node_mask = prefix_mask([num_words], l)
+    h = rng.normal(size=(1, l, d_in)).astype(np.float32)
+    h[0, num_words:] = 1e4  # padded words
+    graph = graph_lib.batch_dependency_graphs(h, node_mask, senders, receivers, labels, directions, edge_mask,
+                                              NUM_LABELS)
+    layer = graph_lib.SyntacticGCN(features=feats, num_labels=NUM_LABELS, gate_input="transformed")
+    params = random_params_module(layer, graph, seed=6, scale=0.5)
+    p = to_numpy(params["params"])
+    assert p["gate_kernel"].shape == (3, feats, feats) and p["gate_bias"].shape == (3 * NUM_LABELS, feats)
+    out = np.asarray(layer.apply(params, graph))
+    ref = _released_gcn_layer(p, h[0, :num_words].astype(np.float64), arcs, num_words, NUM_LABELS)
+    np.testing.assert_allclose(out[:num_words], ref, rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(out[num_words:], 0.0)
+    # The paper / M&T gate stays a scalar per edge.
+    scalar = random_params_module(graph_lib.SyntacticGCN(features=feats, num_labels=NUM_LABELS), graph)["params"]
+    assert scalar["gate_kernel"].shape == (3, d_in) and scalar["gate_bias"].shape == (3 * NUM_LABELS,)
 
 
 def test_batch_dependency_graphs_offsets_and_sanitises():
@@ -249,6 +299,99 @@ def test_loss_fn_matches_numpy(mode, reg_weight, thr):
     np.testing.assert_allclose(metrics["loss"], loss)
 
 
+def _multi_span_batch():
+    """Example 0 has two GT spans, example 1 one span and a padded (garbage) second / third."""
+    duration = np.array([40.0, 25.0], np.float32)
+    spans = np.array([[[10.0, 24.0], [2.0, 9.0], [0.0, 0.0]],
+                      [[2.5, 11.25], [0.0, 25.0], [np.nan, np.inf]]], np.float32)
+    mask = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+    return {"gt_spans": spans, "gt_spans_mask": mask, "duration": duration,
+            "gt_span": spans[:, 0] / duration[:, None], "video_mask": prefix_mask(T_VALID, T)}
+
+
+def _best_span_np(anchor, gts):
+    """(max IoU, index of the first span attaining it) of one anchor over a list of [s, e] spans."""
+    ious = [_iou_np(anchor, g) for g in gts]
+    return max(ious), int(np.argmax(ious))
+
+
+def _smooth_l1_np(x):
+    x = np.abs(x)
+    return np.where(x < 1.0, 0.5 * x * x, x - 0.5)
+
+
+@pytest.mark.parametrize("mode", ["iou", "scaled"])
+def test_multi_span_labels_and_targets_match_numpy(mode):
+    """Labels: best IoU over the valid GT spans; regression target: the span attaining it."""
+    out = _fake_outputs(12)
+    batch = _multi_span_batch()
+    mask, spans = out["anchor_mask"], out["anchor_spans"]
+    gts = [batch["gt_spans"][b][batch["gt_spans_mask"][b] > 0] / batch["duration"][b] for b in range(B)]
+    iou, which = np.zeros(mask.shape), np.zeros(mask.shape, int)
+    for b, t, k in np.ndindex(*mask.shape):
+        if mask[b, t, k]:
+            iou[b, t, k], which[b, t, k] = _best_span_np(spans[b, t, k], gts[b])
+    assert len(set(which[0][mask[0] > 0].tolist())) == 2  # both spans are some anchor's target
+    labels = iou.copy()
+    if mode == "scaled":
+        for b in range(B):
+            labels[b] = np.where(iou[b] < 0.3 * iou[b].max(), 0, iou[b]) / iou[b].max()
+    gt, gt_mask = cmin_lib.gt_fractions(batch)
+    np.testing.assert_allclose(cmin_lib.anchor_labels(spans, mask, gt, mode, gt_mask), labels, rtol=1e-5, atol=1e-6)
+    got_iou, got_which = cmin_lib.anchor_ious(spans, mask, gt, gt_mask)
+    np.testing.assert_allclose(got_iou, iou, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got_which)[mask > 0], which[mask > 0])
+
+    thr = 0.5
+    _, metrics = cmin_lib.loss_fn(out, batch, label_mode=mode, reg_iou_threshold=thr)
+    cs = sigmoid(out["anchor_logits"].astype(np.float64))
+    align = (-((1 - labels) * np.log(1 - cs) + labels * np.log(cs)) * mask).sum() / mask.sum()
+    reg_sum, n_pos = 0.0, 0
+    for b in range(B):
+        best = np.unravel_index(np.argmax(np.where(mask[b] > 0, iou[b], -1)), mask[b].shape)
+        for t, k in np.ndindex(T, len(WIDTHS)):
+            if mask[b, t, k] and (iou[b, t, k] >= thr or (t, k) == best):
+                target = gts[b][which[b, t, k]] - spans[b, t, k]
+                reg_sum += np.abs(out["anchor_offsets"][b, t, k] - target).sum()
+                n_pos += 1
+    np.testing.assert_allclose(metrics["align_loss"], align, rtol=1e-5)
+    np.testing.assert_allclose(metrics["reg_loss"], reg_sum / n_pos, rtol=1e-5)
+    # One valid span per example: the same numbers as gt_span alone (the single-span loss).
+    single = dict(batch, gt_spans_mask=np.array([[1, 0, 0], [1, 0, 0]], np.float32))
+    one = cmin_lib.loss_fn(out, single, label_mode=mode)[1]
+    ref = cmin_lib.loss_fn(out, {"gt_span": batch["gt_span"]}, label_mode=mode)[1]
+    for key in ("align_loss", "reg_loss"):
+        np.testing.assert_allclose(one[key], ref[key], rtol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("label_mode,reg_weight", [("iou", 1.0), ("scaled", 3.0)])
+def test_released_reg_loss_matches_numpy(label_mode, reg_weight):
+    """reg_mode='released': 1e-3 * SmoothL1(n (anchor + offset), n gt) at the best anchor of each example."""
+    out = _fake_outputs(13)
+    out["anchor_offsets"] = out["anchor_offsets"] * 10  # some |errors| above 1 clip: both SmoothL1 branches
+    batch = _multi_span_batch()
+    mask, spans = out["anchor_mask"], out["anchor_spans"]
+    loss, metrics = cmin_lib.loss_fn(out, batch, label_mode=label_mode, reg_mode="released", reg_weight=reg_weight)
+    terms = []
+    for b in range(B):
+        n = T_VALID[b]
+        gts = batch["gt_spans"][b][batch["gt_spans_mask"][b] > 0] / batch["duration"][b]
+        iou = np.array([[_best_span_np(spans[b, t, k], gts)[0] if mask[b, t, k] else -1.0
+                         for k in range(len(WIDTHS))] for t in range(T)])
+        t, k = np.unravel_index(np.argmax(iou), iou.shape)
+        target = gts[_best_span_np(spans[b, t, k], gts)[1]]
+        terms.extend(_smooth_l1_np(n * (spans[b, t, k] + out["anchor_offsets"][b, t, k]) - n * target))
+    terms = np.array(terms)
+    assert (terms > 0.5).any() and (terms < 0.5).any()  # errors above and below 1 clip
+    reg = 1e-3 * np.mean(terms)
+    np.testing.assert_allclose(metrics["reg_loss"], reg, rtol=1e-5)
+    align = cmin_lib.loss_fn(out, batch, label_mode=label_mode)[1]["align_loss"]
+    np.testing.assert_allclose(metrics["align_loss"], align, rtol=1e-6)
+    np.testing.assert_allclose(loss, align + reg_weight * reg, rtol=1e-5)
+    with pytest.raises(ValueError, match="reg_mode"):
+        cmin_lib.loss_fn(out, batch, reg_mode="smooth")
+
+
 def test_predict_fn_matches_numpy():
     out = _fake_outputs(10)
     out["anchor_offsets"][0, 5, 1] = [0.5, -0.5]  # crosses: start > end before sorting
@@ -364,6 +507,11 @@ def test_ablation_switches_change_what_they_should():
     assert param_keys(p) == base_keys - {"cross_gate"}
     m = cmin_lib.CMIN(**SMALL, fused_rnn=False)
     assert param_keys(random_params(m, batch)) == base_keys - {"fusion_rnn"}
+    # Ungated GCN (the seed's equation): no gate parameters; the released vector gates are [3, d, d].
+    gcn = random_params(cmin_lib.CMIN(**SMALL, use_gates=False), batch)["params"]["syntactic_gcn"]["layer_0"]
+    assert set(gcn) == {"kernel", "label_bias"}
+    gcn = random_params(cmin_lib.CMIN(**SMALL, gcn_gate_input="transformed"), batch)["params"]["syntactic_gcn"]
+    assert gcn["layer_1"]["gate_kernel"].shape == (3, 16, 16)
 
     # Same params minus the SA layers / with a local window: outputs change.
     no_sa = cmin_lib.CMIN(**SMALL, use_self_attention=False)

@@ -1,9 +1,14 @@
 """Config files: every dataset block names a known protocol; model presets load and resolve."""
 
+import inspect
+
+import jax
+import numpy as np
+import optax
 import pytest
 
 from configs import cimha, cmin, common, datasets
-from jvmr import metrics
+from jvmr import metrics, registry, train
 
 
 @pytest.mark.parametrize("name", datasets.DATASET_NAMES)
@@ -64,3 +69,97 @@ def test_cimha_presets_use_the_papers_settings(preset):
     assert config.model.d_model == 512 and config.model.word_dim == 300 and config.dataset.pretrained_embeddings
     default = cimha.get_config()
     assert default.dataset.name == "synthetic" and default.model.name == "cimha"
+
+
+@pytest.mark.parametrize("module,preset", [(cmin, None), (cmin, "activitynet_captions"), (cimha, None),
+                                           (cimha, "charades_sta")])
+def test_model_and_loss_keys_reach_the_model(module, preset):
+    """Every model key is a module field (so --config.model.X=... works) and every loss key a loss_fn argument."""
+    config = module.get_config(preset)
+    model = registry.create_model(config.model, vocab_size=50)
+    for key, value in config.model.items():
+        if key != "name":
+            assert getattr(model, key) == (tuple(value) if isinstance(value, list) else value), key
+    loss_args = inspect.signature(registry.get_model_spec(config.model.name).loss_fn).parameters
+    assert set(config.loss) <= set(loss_args)
+
+
+def test_cmin_released_switches_in_the_config():
+    default = cmin.get_config()
+    assert (default.model.use_gates, default.model.fused_rnn, default.model.freeze_embeddings) == (True, True, False)
+    assert default.loss.reg_mode == "paper" and default.optimizer.name == "adamw"
+    for preset in ("activitynet_captions", "tacos", "charades_sta"):
+        config = cmin.get_config(preset)
+        assert config.model.freeze_embeddings and config.optimizer.name == "adamw"  # fixed GloVe, fairseq's Adam
+    assert cimha.get_config().model.freeze_embeddings is False
+
+
+def _optimizer_config(name, weight_decay, lr=0.01, freeze=False):
+    config = cmin.get_config()
+    config.optimizer.update(name=name, weight_decay=weight_decay, learning_rate=lr, schedule="constant",
+                            warmup_steps=0, grad_clip_norm=0.0)
+    config.model.freeze_embeddings = freeze
+    return config
+
+
+def _adam_np(params, grads_per_step, lr, wd, decoupled, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam on a list of leaves: decoupled (AdamW: p -= lr * (m^/(sqrt(v^) + eps) + wd * p)) or L2 (g += wd * p)."""
+    p = [np.asarray(x, np.float64) for x in params]
+    m = [np.zeros_like(x) for x in p]
+    v = [np.zeros_like(x) for x in p]
+    for step, grads in enumerate(grads_per_step, 1):
+        for i, g in enumerate(grads):
+            g = np.asarray(g, np.float64) + (0.0 if decoupled else wd * p[i])
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            update = (m[i] / (1 - b1**step)) / (np.sqrt(v[i] / (1 - b2**step)) + eps)
+            p[i] = p[i] - lr * (update + (wd * p[i] if decoupled else 0.0))
+    return p
+
+
+def _run_optimizer(config, params, grads_per_step):
+    tx = train.create_optimizer(config)
+    state = tx.init(params)
+    for grads in grads_per_step:
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_create_optimizer_matches_numpy_adam(name):
+    """'adamw' decays decoupled, scaled by the learning rate (fairseq's Adam); 'adam' adds an L2 term."""
+    rng = np.random.default_rng(0)
+    params = {"a": rng.normal(size=3).astype(np.float32), "b": {"c": rng.normal(size=(2, 2)).astype(np.float32)}}
+    grads = [jax.tree.map(lambda x, s=s: np.random.default_rng(s).normal(size=x.shape).astype(np.float32), params)
+             for s in (1, 2, 3)]
+    lr, wd = 0.01, 0.5
+    leaves = lambda tree: jax.tree.leaves(tree)  # noqa: E731
+    got = _run_optimizer(_optimizer_config(name, wd, lr), params, grads[:1])
+    want = _adam_np(leaves(params), [leaves(g) for g in grads[:1]], lr, wd, decoupled=name == "adamw")
+    for a, b in zip(leaves(got), want):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-7)
+    got = _run_optimizer(_optimizer_config(name, wd, lr), params, grads)  # three steps: bias corrections
+    want = _adam_np(leaves(params), [leaves(g) for g in grads], lr, wd, decoupled=name == "adamw")
+    for a, b in zip(leaves(got), want):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
+    # The other rule is measurably different with this decay.
+    other = _adam_np(leaves(params), [leaves(g) for g in grads], lr, wd, decoupled=name != "adamw")
+    assert not all(np.allclose(np.asarray(a), b, rtol=1e-4) for a, b in zip(leaves(got), other))
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_frozen_word_table_never_moves(name):
+    """freeze_embeddings: no update for params['word_embed'], weight decay included; the rest trains as usual."""
+    rng = np.random.default_rng(1)
+    params = {"word_embed": {"embedding": rng.normal(size=(5, 3)).astype(np.float32)},
+              "head": {"kernel": rng.normal(size=(3, 2)).astype(np.float32)}}
+    grads = [{"word_embed": {"embedding": np.zeros((5, 3), np.float32)},  # stop_gradient in the model
+              "head": {"kernel": np.random.default_rng(s).normal(size=(3, 2)).astype(np.float32)}} for s in (1, 2)]
+    got = _run_optimizer(_optimizer_config(name, 0.5, freeze=True), params, grads)
+    np.testing.assert_array_equal(np.asarray(got["word_embed"]["embedding"]), params["word_embed"]["embedding"])
+    want = _adam_np([params["head"]["kernel"]], [[g["head"]["kernel"]] for g in grads], 0.01, 0.5,
+                    decoupled=name == "adamw")
+    np.testing.assert_allclose(np.asarray(got["head"]["kernel"]), want[0], rtol=1e-5, atol=1e-6)
+    unfrozen = _run_optimizer(_optimizer_config(name, 0.5, freeze=False), params, grads)
+    assert not np.allclose(np.asarray(unfrozen["word_embed"]["embedding"]), params["word_embed"]["embedding"])

@@ -33,7 +33,7 @@ def test_train_and_evaluate_writes_metrics(trained):
     assert int(state.step) == config.num_train_steps
     # Empty dataset.eval_splits: every split of the manifest but the training one.
     assert config.dataset.eval_splits == () and config.dataset.protocol == ""
-    splits = ["val", "test", "test_novel"]
+    splits = ["val", "test", "test_novel", "test_paraphrase"]
     assert list(final) == splits
     with open(os.path.join(workdir, "config.json")) as f:
         resolved = json.load(f)["dataset"]

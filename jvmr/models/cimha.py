@@ -11,7 +11,7 @@ Encoders (Sec. 2.2-2.3, 3.2):
     v^ = FeedForward(v) + P[t]   (learned position table)   (eq. 5)
     q^ = FeedForward(q)                                     (eq. 6)
 Cross interaction (Sec. 2.4):
-    v^q = MHA(Q = q^, K = V = v^)   query -> video          (eq. 7)
+    v^q = MHA(Q = q^, K = V = v^)   query -> video          (eq. 7; see below)
     q^v = MHA(Q = v^, K = V = q^)   video -> query          (eq. 8)
     s = [v^q, q^v]                                          (eq. 9)
 Dependent start / end (Sec. 2.5, after ExCL):
@@ -32,18 +32,31 @@ Where the paper is ambiguous, we choose:
   along the feature axis, eq. 10 reads s_t at every clip, and the paper's "MHA" row
   predicts start/end from v^q alone; the paper also calls v^q the "query enriched
   video feature embedding (i.e. attention weighted video feature embedding)", as
-  in [19] (VSLNet, whose query-guided highlighting scales each clip by its
-  query relevance). We keep eq. 7's attention exactly (queries from the words,
-  keys and values from the clips, per head) but do not sum the values over the
-  clips: clip t keeps its own value, weighted by the attention the words pay it,
+  in [19] (VSLNet). Two readings bring it back to the clips (``eq7_reading``):
 
-      v^q_t = W^O [ r_1(t) W^V_1 v^_t ; ... ; r_H(t) W^V_H v^_t ] + b^O,
-      r_h(t) = (T_valid / L_valid) sum_l A_h[l, t],   A_h = softmax_t(q^ W^Q_h (v^ W^K_h)^T / sqrt(d_h)),
+  - 'key_aligned' (default, :class:`KeyAlignedAttention`; VSLNet's query-guided
+    highlighting scales each clip by its query relevance). We keep eq. 7's
+    attention exactly (queries from the words, keys and values from the clips,
+    per head) but do not sum the values over the clips: clip t keeps its own
+    value, weighted by the attention the words pay it,
 
-  (:class:`KeyAlignedAttention`) so r_h(t) = 1 under uniform attention, and the
-  mean of v^q over the valid clips equals the word-averaged output of the
-  standard MHA with the same parameters (both less the output bias). Eq. 8 is
-  the standard :class:`~jvmr.models.layers.MultiHeadAttention` (one row per clip).
+        v^q_t = W^O [ r_1(t) W^V_1 v^_t ; ... ; r_H(t) W^V_H v^_t ] + b^O,
+        r_h(t) = (T_valid / L_valid) sum_l A_h[l, t],   A_h = softmax_t(q^ W^Q_h (v^ W^K_h)^T / sqrt(d_h)),
+
+    so r_h(t) = 1 under uniform attention, and the mean of v^q over the valid
+    clips equals the word-averaged output of the standard MHA with the same
+    parameters (both less the output bias).
+  - 'bidaf' (:class:`QueryToContextAttention`; BiDAF / VSLNet's query-to-context
+    pattern B = S_r S_c^T C). Eq. 7 is the standard MHA, one row per word, and
+    each clip takes a mix of those rows weighted by its own attention over the
+    valid words:
+
+        v^q = A(v -> q) MHA(Q = q^, K = V = v^),   A(v -> q) = softmax_l(W^c v^ (W^w q^)^T / sqrt(D))   [T, L]
+
+    with single-head projections W^c, W^w (with biases) of its own.
+
+  Eq. 8 is the standard :class:`~jvmr.models.layers.MultiHeadAttention` (one
+  row per clip) in both.
 * **FeedForward** (eq. 5-6) is the Transformer's position-wise block,
   W_2 ReLU(W_1 x + b_1) + b_2 with ``ffn_dim`` inner units (``ffn_dim = 0``: one
   linear layer, the literal "a feed-forward layer"). No LayerNorm anywhere (the
@@ -66,9 +79,10 @@ Where the paper is ambiguous, we choose:
   every attention map.
 
 Switches: ``fusion_mode`` ('cross' = CI-MHA, eq. 7-9; 'one_way' = the paper's
-"MHA" row, s = v^q), ``use_segmentation`` (False = "CI-MHA w/o MS": no
-segmentation head or loss), loss weights in :func:`loss_fn`, ``max_span_len``
-and ``num_candidates`` for decoding.
+"MHA" row, s = v^q), ``eq7_reading`` ('key_aligned' or 'bidaf', above),
+``use_segmentation`` (False = "CI-MHA w/o MS": no segmentation head or loss),
+loss weights in :func:`loss_fn`, ``max_span_len`` and ``num_candidates`` for
+decoding.
 """
 
 from __future__ import annotations
@@ -85,6 +99,7 @@ from jvmr.models.layers import (BiLSTM, FeedForward, LearnedPositionalEmbedding,
 Array = jax.Array
 
 FUSION_MODES = ("cross", "one_way")
+EQ7_READINGS = ("key_aligned", "bidaf")
 MASKED_SCORE = -jnp.inf  # score of impossible candidates in predict_fn: never ranked, never kept.
 BOUNDARY_TOLERANCE = 1e-4  # in clips: a GT boundary this close to a clip edge is on the edge.
 
@@ -156,6 +171,55 @@ class KeyAlignedAttention(nn.Module):
         relevance = jnp.sum(weights, axis=2) * scale[:, None, None]  # [B, H, Tk]
         ctx = (jnp.transpose(relevance, (0, 2, 1))[..., None] * v).reshape(batch, tk, h * head_dim)
         out = mask_fill(nn.Dense(out_features, name="out")(ctx), key_mask)
+        return (out, weights) if return_weights else out
+
+
+class QueryToContextAttention(nn.Module):
+    """Eq. 7, 'bidaf' reading: each clip mixes the word rows of the standard MHA (BiDAF / VSLNet pattern).
+
+        R = MultiHeadAttention(Q = x_q, K = V = x_k)                    [Tq, D]   one row per word
+        A = softmax_q(W^c x_k (W^w x_q)^T / sqrt(D))                     [Tk, Tq]  valid queries only
+        out = A R                                                       [Tk, D]
+
+    Parameters: ``attention`` (the :class:`~jvmr.models.layers.MultiHeadAttention`),
+    ``key_proj`` (W^c) and ``query_proj`` (W^w), single-head Dense(D) layers.
+
+    Attributes:
+      num_heads: heads of R's attention.
+      dropout_rate: dropout on both attention maps (only when not deterministic).
+    """
+
+    num_heads: int
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_k: Array,
+        *,
+        query_mask: Array,
+        key_mask: Array,
+        deterministic: bool = True,
+        return_weights: bool = False,
+    ) -> Array | tuple[Array, Array]:
+        """Args: inputs_q [B, Tq, Dq] (words); inputs_k [B, Tk, Dk] (clips); query_mask [B, Tq]; key_mask [B, Tk].
+
+        Returns:
+          [B, Tk, Dq] (zero at padded keys), and optionally A [B, Tk, Tq] (zero
+          at padded queries and keys).
+        """
+        rows = MultiHeadAttention(num_heads=self.num_heads, dropout_rate=self.dropout_rate, name="attention")(
+            inputs_q, inputs_k, key_mask=key_mask, query_mask=query_mask, deterministic=deterministic)  # [B, Tq, D]
+        d = rows.shape[-1]
+        keys = nn.Dense(d, name="key_proj")(mask_fill(inputs_k, key_mask))
+        queries = nn.Dense(d, name="query_proj")(mask_fill(inputs_q, query_mask))
+        logits = jnp.einsum("bkd,bqd->bkq", keys, queries) / jnp.sqrt(jnp.asarray(d, keys.dtype))
+        weights = masked_softmax(logits, (query_mask > 0)[:, None, :], axis=-1)
+        weights = weights * (key_mask > 0)[:, :, None].astype(weights.dtype)
+        if self.dropout_rate > 0.0 and not deterministic:
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+        out = mask_fill(jnp.einsum("bkq,bqd->bkd", weights, rows), key_mask)
         return (out, weights) if return_weights else out
 
 
@@ -244,6 +308,8 @@ class CIMHA(nn.Module):
       attention_dropout: dropout on the attention weights.
       fusion_mode: 'cross' (CI-MHA: s = [v^q, q^v]) or 'one_way' (the paper's
         "MHA" row: s = v^q, no eq. 8 parameters).
+      eq7_reading: 'key_aligned' (:class:`KeyAlignedAttention`) or 'bidaf'
+        (:class:`QueryToContextAttention`); see the module docstring.
       use_segmentation: the moment segmentation head (False = "CI-MHA w/o MS").
       max_span_len: decoding limit on j - i + 1 in clips (0 = none).
       num_candidates: top (i <= j) pairs returned for evaluation.
@@ -262,6 +328,7 @@ class CIMHA(nn.Module):
     dropout: float = 0.1
     attention_dropout: float = 0.0
     fusion_mode: str = "cross"
+    eq7_reading: str = "key_aligned"
     use_segmentation: bool = True
     max_span_len: int = 0
     num_candidates: int = 100
@@ -272,6 +339,8 @@ class CIMHA(nn.Module):
     def _check(self) -> None:
         if self.fusion_mode not in FUSION_MODES:
             raise ValueError(f"fusion_mode must be one of {FUSION_MODES}, got {self.fusion_mode!r}")
+        if self.eq7_reading not in EQ7_READINGS:
+            raise ValueError(f"eq7_reading must be one of {EQ7_READINGS}, got {self.eq7_reading!r}")
         if self.d_model % 2 or self.d_model % self.num_heads:
             raise ValueError(f"d_model {self.d_model} must be even and divisible by num_heads {self.num_heads}")
         if self.num_candidates < 1 or self.max_span_len < 0:
@@ -330,7 +399,8 @@ class CIMHA(nn.Module):
         q_hat, qmask = self.encode_query(batch, det)
         v_hat, vmask = self.encode_video(batch, det)
 
-        v_q = KeyAlignedAttention(self.num_heads, dropout_rate=self.attention_dropout, name="query_to_video")(
+        eq7 = KeyAlignedAttention if self.eq7_reading == "key_aligned" else QueryToContextAttention
+        v_q = eq7(self.num_heads, dropout_rate=self.attention_dropout, name="query_to_video")(
             q_hat, v_hat, query_mask=qmask, key_mask=vmask, deterministic=det)  # eq. 7
         if self.fusion_mode == "cross":
             q_v = self._attention("video_to_query")(
@@ -375,7 +445,9 @@ def loss_fn(
     """start_weight * NLL_start + end_weight * NLL_end + segment_weight * BCE_segment.
 
     NLL: -log P_start(i*) (resp. P_end(j*)) with P the softmax over valid clips
-    (eq. 14), averaged over examples with at least one valid clip. BCE: per-clip
+    (eq. 14), averaged over examples with at least one valid clip. The labels
+    come from the first ground-truth span (gt_span) only, also when an example
+    has several (gt_spans): start / end classification has a single target. BCE: per-clip
     binary cross-entropy of sigmoid(segment_logits) against the labels of
     :func:`segment_labels` (eq. 15-16), averaged over all valid clips; absent
     (0) when the model has no segmentation head.

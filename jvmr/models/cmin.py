@@ -18,15 +18,18 @@ Localisation (Sec. d): at every step i and anchor width w_k, a confidence
 cs_ik = sigmoid(Conv1d_k=1(h^f)) and boundary offsets (delta_s, delta_e);
     L_align = -1/(nk) sum_ik (1 - IoU_ik) log(1 - cs_ik) + IoU_ik log(cs_ik)
     L_reg   = 1/N sum (L1(delta_s - delta^_s) + L1(delta_e - delta^_e)).
+With several ground-truth spans, IoU_ik is the anchor's best IoU over them and
+its regression target the span attaining it.
 
 Variant switches (see :class:`CMIN`): ``fusion`` ('bilinear' paper, 'lowrank'
 the released but unused Bilinear module, 'concat' the released code = paper's
 "w/o BF"), ``attention_window`` (released: 3), ``gcn_placement`` ('before_rnn'
 = released: GCN on word embeddings, then BiGRU), ``gcn_gate_input``
-('transformed' = released), ``label_mode`` of :func:`loss_fn` ('scaled' =
-released), the paper's ablations ``use_gcn`` / ``use_self_attention`` /
-``use_cross_gate``, and ``query_blind`` (benchmark control: the query is never
-read).
+('transformed' = released: vector gates from W_dir h_j), ``use_gates`` (False =
+the seed's ungated equation), ``label_mode`` and ``reg_mode`` of :func:`loss_fn`
+('scaled' / 'released'), the paper's ablations ``use_gcn`` /
+``use_self_attention`` / ``use_cross_gate``, and ``query_blind`` (benchmark
+control: the query is never read).
 
 Spans are fractions of the video's *valid* length: the anchor centred on clip
 t with width w (clips) is [(t + 0.5 - w/2) / n, (t + 0.5 + w/2) / n], n = number
@@ -51,6 +54,8 @@ Array = jax.Array
 FUSIONS = ("bilinear", "lowrank", "concat")
 GCN_PLACEMENTS = ("after_rnn", "before_rnn")
 LABEL_MODES = ("iou", "scaled")
+REG_MODES = ("paper", "released")
+RELEASED_REG_SCALE = 1e-3  # released code: loss = cls_loss + 1e-3 * SmoothL1(refined box, gt box)
 MASKED_SCORE = -jnp.inf  # score of masked anchors in predict_fn: never ranked, never kept.
 
 default_embed_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
@@ -174,23 +179,66 @@ def temporal_iou(spans: Array, gt: Array) -> Array:
     return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
 
-def anchor_labels(anchor_spans: Array, anchor_mask: Array, gt_span: Array, label_mode: str = "iou") -> Array:
+def gt_fractions(batch: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Every ground-truth span of the batch as fractions: ([B, G, 2], mask [B, G]).
+
+    From gt_spans [B, G, 2] (seconds) / duration [B] with gt_spans_mask [B, G]
+    when the batch has them (the pipeline's; span 0 / duration is exactly
+    gt_span; padded spans become [0, 0]), else gt_span [B, 2] as the only span.
+    """
+    if "gt_spans" in batch:
+        duration = batch["duration"].astype(jnp.float32)
+        duration = jnp.where(duration > 0, duration, 1.0)[:, None, None]
+        mask = batch["gt_spans_mask"].astype(jnp.float32)
+        return mask_fill(batch["gt_spans"].astype(jnp.float32) / duration, mask), mask
+    gt = batch["gt_span"].astype(jnp.float32)[:, None, :]
+    return gt, jnp.ones(gt.shape[:2], jnp.float32)
+
+
+def anchor_ious(anchor_spans: Array, anchor_mask: Array, gt_spans: Array,
+                gt_mask: Array | None = None) -> tuple[Array, Array]:
+    """Best IoU of every anchor over the valid ground-truth spans, and which span attains it.
+
+    Args:
+      anchor_spans: [B, T, K, 2] fractions.
+      anchor_mask: [B, T, K].
+      gt_spans: [B, G, 2] fractions (or [B, 2]: one span).
+      gt_mask: [B, G] (1 = real span); None = all real.
+
+    Returns:
+      (IoU [B, T, K], 0 at masked anchors; index [B, T, K] int32 of the valid
+      span with the highest IoU, the first on ties).
+    """
+    if gt_spans.ndim == 2:
+        gt_spans = gt_spans[:, None, :]
+    if gt_mask is None:
+        gt_mask = jnp.ones(gt_spans.shape[:2], jnp.float32)
+    iou = temporal_iou(anchor_spans[..., None, :], gt_spans[:, None, None, :, :])  # [B, T, K, G]
+    iou = jnp.where(gt_mask[:, None, None, :] > 0, iou, -1.0)
+    best = jnp.argmax(iou, axis=-1).astype(jnp.int32)
+    return jnp.maximum(jnp.max(iou, axis=-1), 0.0) * (anchor_mask > 0), best
+
+
+def anchor_labels(anchor_spans: Array, anchor_mask: Array, gt_spans: Array, label_mode: str = "iou",
+                  gt_mask: Array | None = None) -> Array:
     """Soft alignment targets of the anchors.
 
     Args:
       anchor_spans: [B, T, K, 2] fractions.
       anchor_mask: [B, T, K].
-      gt_span: [B, 2] fractions.
+      gt_spans: [B, 2] or [B, G, 2] fractions.
       label_mode: 'iou' (paper: the IoU itself) or 'scaled' (released code:
         IoU < 0.3 * max IoU -> 0, then divided by the max IoU over valid anchors,
         so the best anchor's target is 1).
+      gt_mask: [B, G] (1 = real span); None = all real.
 
     Returns:
-      [B, T, K] targets in [0, 1], 0 at masked anchors.
+      [B, T, K] targets in [0, 1] from the best IoU over the valid spans
+      (:func:`anchor_ious`), 0 at masked anchors.
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
-    iou = temporal_iou(anchor_spans, gt_span[:, None, None, :]) * (anchor_mask > 0)
+    iou, _ = anchor_ious(anchor_spans, anchor_mask, gt_spans, gt_mask)
     if label_mode == "iou":
         return iou
     best = jnp.max(iou, axis=(1, 2), keepdims=True)
@@ -223,7 +271,10 @@ class CMIN(nn.Module):
       fusion_dim: output size of the (low-rank) bilinear fusion; None = d_model.
       attention_window: local self-attention band |i - j| <= window (released: 3); 0 = global.
       gcn_placement: 'after_rnn' (paper: BiGRU then GCN) or 'before_rnn' (released: GCN on embeddings).
-      gcn_gate_input: 'input' (paper / M&T) or 'transformed' (released).
+      gcn_gate_input: 'input' (M&T scalar gate from h_j) or 'transformed'
+        (released: vector gate from W_dir h_j); see :mod:`jvmr.models.graph`.
+      use_gates: gated GCN edges (M&T, released code); False = the seed's
+        ungated equation.
       query_blind: control: the query is never read; its representation is a
         learned constant vector at every word position.
       fused_rnn: run a BiGRU over the fused sequence (paper and released code).
@@ -250,6 +301,7 @@ class CMIN(nn.Module):
     attention_window: int = 0
     gcn_placement: str = "after_rnn"
     gcn_gate_input: str = "input"
+    use_gates: bool = True
     query_blind: bool = False
     fused_rnn: bool = True
     embedding_init: Callable[..., Any] = default_embed_init
@@ -269,6 +321,7 @@ class CMIN(nn.Module):
         return SyntacticGCNStack(
             num_layers=self.num_gcn_layers,
             num_labels=self.num_dep_labels,
+            use_gates=self.use_gates,
             gate_input=self.gcn_gate_input,
             dropout_rate=self.dropout,
             name="syntactic_gcn",
@@ -379,34 +432,48 @@ def loss_fn(
     batch: Mapping[str, Array],
     *,
     label_mode: str = "iou",
+    reg_mode: str = "paper",
     reg_weight: float = 1.0,
     reg_iou_threshold: float = 0.5,
 ) -> tuple[Array, dict[str, Array]]:
     """CMIN loss: L_align + reg_weight * L_reg.
 
     L_align: IoU-weighted binary cross-entropy of the confidences against the
-    soft labels (:func:`anchor_labels`), averaged over all valid anchors of the
-    batch. L_reg: L1 between predicted offsets and (gt - anchor) (fractions),
-    summed over start and end and averaged over positive anchors (IoU >=
-    reg_iou_threshold, plus the best valid anchor of every example).
+    soft labels (:func:`anchor_labels`: best IoU over the valid ground-truth
+    spans), averaged over all valid anchors of the batch. L_reg regresses each
+    anchor towards its target, the ground-truth span of highest IoU with it:
+
+    * 'paper': L1 between predicted offsets and (target - anchor) (fractions),
+      summed over start and end and averaged over positive anchors (IoU >=
+      reg_iou_threshold, plus the best valid anchor of every example);
+    * 'released': ``RELEASED_REG_SCALE`` * SmoothL1 (beta 1, torch's default)
+      between the refined anchor n (anchor + offset) and n target, in clips of
+      the model's grid (n = valid clips), at the best valid anchor (argmax IoU)
+      of each example only, averaged over those examples and start / end (torch's
+      mean reduction); reg_iou_threshold is unused.
 
     Args:
       outputs: :class:`CMIN` outputs.
-      batch: needs gt_span [B, 2].
+      batch: gt_spans [B, G, 2] (seconds), gt_spans_mask [B, G] and duration
+        [B] (or gt_span [B, 2] fractions alone: one span; see
+        :func:`gt_fractions`); 'released' also needs video_mask [B, T].
       label_mode: 'iou' (paper) or 'scaled' (released code).
+      reg_mode: 'paper' or 'released'.
       reg_weight: weight of L_reg.
-      reg_iou_threshold: IoU above which an anchor is regressed.
+      reg_iou_threshold: IoU above which an anchor is regressed ('paper').
 
     Returns:
       (loss, {'loss', 'align_loss', 'reg_loss'}).
     """
+    if reg_mode not in REG_MODES:
+        raise ValueError(f"reg_mode must be one of {REG_MODES}, got {reg_mode!r}")
     logits = outputs["anchor_logits"]
     spans = outputs["anchor_spans"]
     mask = (outputs["anchor_mask"] > 0).astype(logits.dtype)
-    gt = batch["gt_span"].astype(logits.dtype)
+    gt, gt_mask = gt_fractions(batch)
 
-    iou = anchor_labels(spans, mask, gt, "iou")
-    labels = iou if label_mode == "iou" else anchor_labels(spans, mask, gt, label_mode)
+    iou, which = anchor_ious(spans, mask, gt, gt_mask)
+    labels = iou if label_mode == "iou" else anchor_labels(spans, mask, gt, label_mode, gt_mask)
     bce = -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
     align = jnp.sum(bce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -414,10 +481,16 @@ def loss_fn(
     flat_iou = jnp.where(mask > 0, iou, -1.0).reshape(b, -1)
     best = jax.nn.one_hot(jnp.argmax(flat_iou, axis=-1), flat_iou.shape[-1], dtype=logits.dtype)
     best = best.reshape(mask.shape) * mask
-    positive = jnp.maximum(mask * (iou >= reg_iou_threshold), best)
-    target = gt[:, None, None, :] - spans
-    l1 = jnp.sum(jnp.abs(outputs["anchor_offsets"] - target), axis=-1)
-    reg = jnp.sum(l1 * positive) / jnp.maximum(jnp.sum(positive), 1.0)
+    target = jnp.einsum("btkg,bgc->btkc", jax.nn.one_hot(which, gt.shape[1], dtype=gt.dtype), gt)
+    if reg_mode == "paper":
+        positive = jnp.maximum(mask * (iou >= reg_iou_threshold), best)
+        l1 = jnp.sum(jnp.abs(outputs["anchor_offsets"] - (target - spans)), axis=-1)
+        reg = jnp.sum(l1 * positive) / jnp.maximum(jnp.sum(positive), 1.0)
+    else:
+        n = jnp.sum(batch["video_mask"] > 0, axis=-1).astype(logits.dtype)[:, None, None, None]
+        diff = jnp.abs((spans + outputs["anchor_offsets"]) * n - target * n)
+        smooth_l1 = jnp.sum(jnp.where(diff < 1.0, 0.5 * diff**2, diff - 0.5), axis=-1)
+        reg = RELEASED_REG_SCALE * jnp.sum(smooth_l1 * best) / jnp.maximum(2.0 * jnp.sum(best), 1.0)
 
     loss = align + reg_weight * reg
     return loss, {"loss": loss, "align_loss": align, "reg_loss": reg}

@@ -5,22 +5,28 @@ Marcheggiani & Titov, EMNLP 2017). For word i with neighbours N(i) in the
 dependency graph (both arc directions plus a self loop):
 
     g_i = ReLU( sum_{j in N(i)} gate_ij * (W_{dir(i,j)} h_j + b_{lab(i,j)}) )
-    gate_ij = sigmoid( h_j . w_{dir(i,j)} + b^g_{lab(i,j)} )
 
 with three direction-specific matrices W (dependent -> head, head -> dependent,
-self loop; no bias), a bias vector per (direction, label), a gate vector per
-direction and a scalar gate bias per (direction, label). Layers are stacked
-with residuals (the seed's equations):
+self loop; no bias) and a bias vector per (direction, label). Layers are
+stacked with residuals (the seed's equations):
 
     g^1 = synGCN(h^q),      o^1 = g^1 + h^q
     g^l = synGCN(o^{l-1}),  o^l = g^l + o^{l-1}
 
 The seed's equation has no gate (``use_gates=False`` gives exactly it); the
 gates follow Marcheggiani & Titov, whose gated GCN CMIN's syntactic GCN and
-its released code (ikuinen/CMIN_moment_retrieval, graph_convolution.py) use.
-Released-code variant: ``gate_input='transformed'`` computes the gate from the
-transformed message ``W_dir h_j`` instead of ``h_j``. As released, dropout is
-applied to g before the residual (x = x + dropout(out)).
+its released code (ikuinen/CMIN_moment_retrieval, graph_convolution.py) use:
+
+* ``gate_input='input'`` (default, M&T): a scalar gate per edge from the
+  sender, gate_ij = sigmoid( h_j . w_{dir} + b^g_{dir, lab} ), with a gate
+  vector w per direction and a scalar gate bias per (direction, label);
+* ``gate_input='transformed'`` (released code): a vector gate from the
+  transformed message x'_j = W_dir h_j, gate_ij = sigmoid( W^g_dir x'_j +
+  b^g_{dir, lab} ) (elementwise, W^g_dir a [F, F] matrix without bias, b^g a
+  vector per (direction, label)), so g_i = ReLU( sum_j (x'_j + b_{dir, lab})
+  * gate_ij ).
+
+As released, dropout is applied to g before the residual (x = x + dropout(out)).
 
 The padded per-example edge lists of a batch are packed into one
 ``jraph.GraphsTuple`` (node ids offset by b * L); messages are summed with
@@ -106,9 +112,11 @@ class SyntacticGCN(nn.Module):
       features: output size of the layer.
       num_labels: number of dependency labels (per-direction label tables have
         this many rows).
-      use_gates: edge-wise scalar gates (Marcheggiani & Titov 2017).
-      gate_input: 'input' (paper / M&T: gate from h_j) or 'transformed'
-        (released code: gate from W_dir h_j).
+      use_gates: edge-wise gates (Marcheggiani & Titov 2017).
+      gate_input: 'input' (paper / M&T: scalar gate from h_j; ``gate_kernel``
+        [3, D], ``gate_bias`` [3 * num_labels]) or 'transformed' (released
+        code: vector gate from W_dir h_j; ``gate_kernel`` [3, F, F],
+        ``gate_bias`` [3 * num_labels, F]).
     """
 
     features: int
@@ -146,21 +154,27 @@ class SyntacticGCN(nn.Module):
         messages = transformed[graph.senders, direction] + label_bias[label_index]  # [E, F]
 
         if self.use_gates:
-            gate_dim = d_in if self.gate_input == "input" else self.features
-            gate_kernel = self.param(
-                "gate_kernel",
-                nn.initializers.lecun_normal(in_axis=-1, out_axis=-2),
-                (NUM_DIRECTIONS, gate_dim),
-            )  # w_dir
-            gate_bias = self.param(
-                "gate_bias", nn.initializers.zeros_init(), (NUM_DIRECTIONS * self.num_labels,)
-            )  # b^g_{dir, lab}
-            if self.gate_input == "input":
-                node_gates = jnp.einsum("nd,kd->nk", h, gate_kernel)  # h_n . w_k
-            else:
-                node_gates = jnp.einsum("nkf,kf->nk", transformed, gate_kernel)  # (W_k h_n) . w_k
-            gate_logits = node_gates[graph.senders, direction] + gate_bias[label_index]
-            messages = messages * jax.nn.sigmoid(gate_logits)[:, None]
+            if self.gate_input == "input":  # scalar gate: sigmoid(h_j . w_dir + b^g_{dir, lab})
+                gate_kernel = self.param(
+                    "gate_kernel", nn.initializers.lecun_normal(in_axis=-1, out_axis=-2), (NUM_DIRECTIONS, d_in)
+                )
+                gate_bias = self.param(
+                    "gate_bias", nn.initializers.zeros_init(), (NUM_DIRECTIONS * self.num_labels,)
+                )
+                node_gates = jnp.einsum("nd,kd->nk", h, gate_kernel)  # [N, 3]
+                gate_logits = (node_gates[graph.senders, direction] + gate_bias[label_index])[:, None]
+            else:  # vector gate: sigmoid(W^g_dir (W_dir h_j) + b^g_{dir, lab})
+                gate_kernel = self.param(
+                    "gate_kernel",
+                    nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)),
+                    (NUM_DIRECTIONS, self.features, self.features),
+                )
+                gate_bias = self.param(
+                    "gate_bias", nn.initializers.zeros_init(), (NUM_DIRECTIONS * self.num_labels, self.features)
+                )
+                node_gates = jnp.einsum("nkf,kfg->nkg", transformed, gate_kernel)  # [N, 3, F]: W^g_k W_k h_n
+                gate_logits = node_gates[graph.senders, direction] + gate_bias[label_index]
+            messages = messages * jax.nn.sigmoid(gate_logits)
 
         messages = messages * graph.edges["mask"][:, None]
         aggregated = jraph.segment_sum(messages, graph.receivers, num_segments=num_nodes)
