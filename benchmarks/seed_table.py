@@ -74,7 +74,7 @@ def table(rows: dict[str, list[dict[str, float]]], columns: Sequence[str]) -> st
     header = [c.replace("/R@1,IoU=0.5", "") for c in columns]
     lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, runs in rows.items():
-        note = f" ({len(runs)} seeds)" if len(runs) != 3 else ""
+        note = f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if len(runs) != 3 else ""
         cells = [mean_sd([r[c] for r in runs]) if all(c in r for r in runs) else "–" for c in columns]
         lines.append(f"| {label}{note} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ def test_last_step_mean_and_sample_sd(tmp_path, capsys):
                      "--column=R@1,IoU=0.5"])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "| method | R@1,IoU=0.5 |"
-    assert out[2] == "| random_event (1 seeds) | 20.0 |"
+    assert out[2] == "| random_event (1 seed) | 20.0 |"
     assert out[3] == "| CMIN | 70.0 ± 10.0 |"  # last step of each run; sample sd (n - 1)
     seed_table.main(["--split=test", f"--run=CMIN={tmp_path}/cmin_s*", "--per_type"])
     assert capsys.readouterr().out.splitlines()[-1] == "| CMIN | 71.0 ± 10.0 |"
