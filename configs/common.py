@@ -36,9 +36,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer.b2 = 0.999
     config.optimizer.eps = 1e-8
     config.optimizer.weight_decay = 0.0  # L2 added to the gradient (torch.optim.Adam style).
+    config.optimizer.decay_only_kernels = False  # adamw: no decay of biases / norms / 1-d params (BERT).
     config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
     # 'inverse_sqrt' (fairseq: linear warm-up from warmup_init_lr, then lr * sqrt(warmup / step)),
-    # 'constant' (after warm-up) or 'cosine'.
+    # 'constant' (after warm-up), 'cosine' or 'linear' (to 0 at the last step, BERT's warmup_linear).
     config.optimizer.schedule = "inverse_sqrt"
     config.optimizer.warmup_init_lr = 0.0
     config.optimizer.warmup_steps = 0

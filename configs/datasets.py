@@ -64,6 +64,8 @@ def dataset_config(name: str = "synthetic", *, explicit: bool = True) -> ml_coll
     block.name = name
     block.data_dir = ""  # synthetic: empty = WORKDIR/data (built there); others: data_prep's output_dir.
     block.feature_dim = 0  # 0 = from the manifest; a value is checked against it.
+    block.subtitle_dim = 0  # Width of the subtitle stream (models that read it); 0 = from the manifest.
+    block.query_feature_dim = 0  # Width of pre-extracted query token features; 0 = from the manifest.
     block.max_video_len = preset["max_video_len"]  # T, the model's clip grid.
     block.max_query_len = preset["max_query_len"]  # L, words kept per query.
     block.max_gt_spans = 4

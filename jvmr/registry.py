@@ -2,10 +2,13 @@
 
 Each entry pairs a linen module with the pure functions the shared training
 loop needs:
-  * ``loss_fn(outputs, batch, **config.loss) -> (loss, metrics)``;
+  * ``loss_fn(outputs, batch, *, step, rng, **config.loss) -> (loss, metrics)``
+    (``step``: the training step; ``rng``: a key for losses that sample, e.g. negatives);
   * ``predict_fn(outputs, batch) -> (spans [B, N, 2], scores [B, N])``, spans as a
     fraction of the video duration; the host turns them into seconds, applies the
-    evaluation protocol (NMS, top-k) and computes recall.
+    evaluation protocol (NMS, top-k) and computes recall;
+  * ``inputs(model_config) -> groups``: the optional batch groups the model reads
+    (``jvmr.data.pipeline.INPUT_GROUPS``); the pipeline builds only those.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import flax.linen as nn
 import ml_collections
 
 from jvmr.data import text
-from jvmr.models import cimha, cmin
+from jvmr.models import cimha, cmin, reloclnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +28,13 @@ class ModelSpec:
     module: type[nn.Module]
     loss_fn: Callable[..., Any]
     predict_fn: Callable[..., Any]
+    inputs: Callable[[ml_collections.ConfigDict], tuple[str, ...]] = lambda model_config: ()
 
 
 MODELS: dict[str, ModelSpec] = {
-    "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn),
+    "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn, lambda model_config: ("query_graph",)),
     "cimha": ModelSpec(cimha.CIMHA, cimha.loss_fn, cimha.predict_fn),
+    "reloclnet": ModelSpec(reloclnet.ReLoCLNet, reloclnet.loss_fn, reloclnet.predict_fn, reloclnet.model_inputs),
 }
 
 

@@ -67,17 +67,18 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def _manifest_feature_dim(manifest: dict[str, Any]) -> int | None:
-    dim = manifest.get("feature_dim")
+def _manifest_feature_dim(manifest: dict[str, Any], stream: str = "video") -> int | None:
+    dim = manifest.get("feature_dim") if stream == "video" else None
     if dim is None and isinstance(manifest.get("feature_dims"), dict):
-        dim = manifest["feature_dims"].get("video")
+        dim = manifest["feature_dims"].get(stream)
     return None if dim is None else int(dim)
 
 
 def resolve_dataset(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
     """A copy of ``config`` with the dataset facts read from ``DATA_DIR/manifest.json``.
 
-    Fills ``dataset.feature_dim`` (0 = from the manifest; a value must agree),
+    Fills ``dataset.feature_dim`` (0 = from the manifest; a value must agree; likewise
+    ``subtitle_dim`` and ``query_feature_dim`` of the optional streams),
     ``dataset.eval_splits`` (empty = every split of the manifest except the
     training split) and ``dataset.protocol`` (empty = the dataset's protocol,
     ``jvmr.metrics.DATASET_PROTOCOLS``), and checks that the manifest is the
@@ -94,14 +95,15 @@ def resolve_dataset(config: ml_collections.ConfigDict, data_dir: str) -> ml_coll
     else:
         if manifest.get("dataset") not in (None, ds.name):
             raise ValueError(f"{where} is dataset {manifest['dataset']!r}, but dataset.name is {ds.name!r}")
-        dim = _manifest_feature_dim(manifest)
-        if not ds.feature_dim:
-            if dim is None:
-                raise ValueError(f"{where} has no feature_dim: set dataset.feature_dim")
-            ds.feature_dim = dim
-        elif dim is not None and dim != ds.feature_dim:
-            raise ValueError(f"dataset.feature_dim is {ds.feature_dim} but the features in {data_dir} are "
-                             f"{dim}-d ({where}); leave dataset.feature_dim at 0 to use the data's")
+        for key, stream in (("feature_dim", "video"), ("subtitle_dim", "subtitle"), ("query_feature_dim", "query")):
+            dim = _manifest_feature_dim(manifest, stream)
+            if not ds.get(key, 0):
+                if dim is None and key == "feature_dim":
+                    raise ValueError(f"{where} has no feature_dim: set dataset.feature_dim")
+                ds[key] = dim or 0
+            elif dim is not None and dim != ds[key]:
+                raise ValueError(f"dataset.{key} is {ds[key]} but the {stream} features in {data_dir} are "
+                                 f"{dim}-d ({where}); leave dataset.{key} at 0 to use the data's")
         splits = [name for name, n in manifest.get("num_examples", {}).items() if n]
         if splits:
             if not ds.eval_splits:
@@ -115,6 +117,17 @@ def resolve_dataset(config: ml_collections.ConfigDict, data_dir: str) -> ml_coll
         raise ValueError(f"no evaluation split: set dataset.eval_splits ({where})")
     ds.protocol = metrics_lib.protocol_for_dataset(ds.name, ds.protocol).name
     return config
+
+
+def check_inputs(config: ml_collections.ConfigDict, spec: registry.ModelSpec) -> tuple[str, ...]:
+    """The model's input groups, after checking the data has the streams they read."""
+    inputs = tuple(spec.inputs(config.model))
+    for group, key in (("subtitles", "subtitle_dim"), ("query_features", "query_feature_dim")):
+        if group in inputs and not config.dataset.get(key, 0):
+            raise ValueError(f"model {config.model.name!r} reads the {group} stream, but the data in "
+                             f"{config.dataset.data_dir or 'WORKDIR/data'} has none (dataset.{key} is 0); "
+                             f"switch it off in the model config or build the data with that stream")
+    return inputs
 
 
 def load_pretrained_embeddings(params: Any, data_dir: str) -> Any:
@@ -149,6 +162,8 @@ def create_learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_step
         decay = optax.constant_schedule(lr)
     elif opt.schedule == "cosine":
         decay = optax.cosine_decay_schedule(lr, max(num_train_steps - warmup, 1))
+    elif opt.schedule == "linear":  # BERT's warmup_linear: to 0 at the last step.
+        decay = optax.linear_schedule(lr, 0.0, max(num_train_steps - warmup, 1))
     else:
         raise ValueError(f"Unknown optimizer.schedule {opt.schedule!r}")
     if warmup <= 0:
@@ -171,8 +186,10 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
             parts.append(optax.add_decayed_weights(opt.weight_decay))
         parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
     elif opt.name == "adamw":
+        # BERT's optimiser (ReLoCLNet) exempts biases and LayerNorm parameters: decay_only_kernels.
+        mask = (lambda params: jax.tree.map(lambda x: x.ndim > 1, params)) if opt.get("decay_only_kernels") else None
         parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                                 weight_decay=opt.weight_decay))
+                                 weight_decay=opt.weight_decay, mask=mask))
     else:
         raise ValueError(f"Unknown optimizer.name {opt.name!r}")
     tx = optax.chain(*parts)
@@ -196,14 +213,19 @@ def create_train_state(config: ml_collections.ConfigDict, model, example_batch: 
 
 # ------------------------------------------------------------------------ steps
 
+LOSS_RNG_STREAM = 2**30  # Folded into the root key for the loss's own draws (sampled negatives).
+
 
 def _loss_and_grads(state: TrainState, batch: dict[str, jax.Array], loss_fn: Callable,
-                    loss_config: dict[str, Any]):
+                    loss_config: dict[str, Any], axis_name: str | None = None):
     rng = jax.random.fold_in(state.dropout_rng, state.step)
+    loss_rng = jax.random.fold_in(jax.random.fold_in(state.dropout_rng, LOSS_RNG_STREAM), state.step)
+    if axis_name is not None:  # pmap: every device draws its own dropout masks.
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def compute_loss(params):
         outputs = state.apply_fn({"params": params}, batch, train=True, rngs={"dropout": rng})
-        return loss_fn(outputs, batch, **loss_config)
+        return loss_fn(outputs, batch, step=state.step, rng=loss_rng, **loss_config)
 
     (_, step_metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
     return step_metrics, grads
@@ -212,7 +234,7 @@ def _loss_and_grads(state: TrainState, batch: dict[str, jax.Array], loss_fn: Cal
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: Callable,
                loss_config: dict[str, Any], axis_name: str | None = None):
     """One optimisation step; with ``axis_name`` (pmap) gradients are averaged across devices."""
-    step_metrics, grads = _loss_and_grads(state, batch, loss_fn, loss_config)
+    step_metrics, grads = _loss_and_grads(state, batch, loss_fn, loss_config, axis_name)
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         step_metrics = jax.lax.pmean(step_metrics, axis_name)
@@ -397,6 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                  config.dataset.feature_dim, list(config.dataset.eval_splits), config.dataset.protocol)
     vocab = pipeline.load_vocabulary(data_dir)
     spec = registry.get_model_spec(config.model.name)
+    inputs = check_inputs(config, spec)
     model = registry.create_model(config.model, vocab_size=len(vocab))
     stepper = Stepper(config, spec)
     writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -405,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     def eval_batches(split: str):
         ds = pipeline.make_dataset(data_dir, split, config.dataset, batch_size=config.eval.batch_size // jax.process_count(),
                                    training=False, vocab=vocab, shard_index=jax.process_index(),
-                                   num_shards=jax.process_count())
+                                   num_shards=jax.process_count(), inputs=inputs)
         return pipeline.as_numpy(ds)
 
     rng = jax.random.key(config.seed)
@@ -439,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     train_ds = pipeline.make_dataset(data_dir, config.dataset.train_split, config.dataset,
                                      batch_size=per_host_batch, training=True, seed=config.seed + start_step,
                                      vocab=vocab, shard_index=jax.process_index(),
-                                     num_shards=jax.process_count())
+                                     num_shards=jax.process_count(), inputs=inputs)
     train_iter = pipeline.as_numpy(train_ds)
 
     last_eval: dict[str, dict[str, float]] = {}

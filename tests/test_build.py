@@ -61,7 +61,7 @@ def dataset_config(feature_dim: int, max_video_len: int = 4, max_query_len: int 
 
 def read_back(data_dir: str, split: str, cfg, max_batches: int | None = None) -> dict[str, np.ndarray]:
     """An evaluation pass of the training pipeline (the first ``max_batches`` of 1024), padding removed."""
-    ds = pipeline.make_dataset(data_dir, split, cfg, batch_size=1024, training=False)
+    ds = pipeline.make_dataset(data_dir, split, cfg, batch_size=1024, training=False, inputs=("query_graph",))
     batches = list(itertools.islice(pipeline.as_numpy(ds), max_batches))
     out = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     keep = out["example_mask"] > 0

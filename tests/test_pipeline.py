@@ -69,7 +69,7 @@ def test_duplicate_qids_rejected(tmp_path):
 
 def test_eval_batches_are_static_and_padded(data_dir):
     batches = list(pipeline.as_numpy(pipeline.make_dataset(
-        data_dir, "val", dataset_config(), batch_size=4, training=False)))
+        data_dir, "val", dataset_config(), batch_size=4, training=False, inputs=("query_graph",))))
     assert len(batches) == 2
     assert [b["example_mask"].tolist() for b in batches] == [[1, 1, 1, 1], [1, 0, 0, 0]]
     b = batches[0]
@@ -89,7 +89,7 @@ def test_eval_batches_are_static_and_padded(data_dir):
 
 def test_query_graph_budget(data_dir):
     b = next(pipeline.as_numpy(pipeline.make_dataset(
-        data_dir, "val", dataset_config(), batch_size=1, training=False)))
+        data_dir, "val", dataset_config(), batch_size=1, training=False, inputs=("query_graph",))))
     vocab = pipeline.load_vocabulary(data_dir)
     # "the person opens the door" truncated to 4 words; "door" (index 4) is cut away.
     assert [vocab[i] for i in b["query_tokens"][0]] == ["the", "person", "opens", "the"]
@@ -104,6 +104,82 @@ def test_query_graph_budget(data_dir):
     assert dirs.tolist() == [0] * L + [1] * L + [2] * L
     assert labels[2 * L:].tolist() == [text.DEP_SELF_ID] * L
     assert np.all(senders[mask == 0] == 0) and np.all(labels[mask == 0] == 0)
+
+
+def test_only_the_declared_input_groups_are_built(data_dir):
+    common = next(pipeline.as_numpy(pipeline.make_dataset(data_dir, "val", dataset_config(), batch_size=5,
+                                                          training=False)))
+    assert not any(k.startswith("edge_") or k in ("video_index", "subtitle_feats", "query_feats") for k in common)
+    b = next(pipeline.as_numpy(pipeline.make_dataset(data_dir, "val", dataset_config(), batch_size=5,
+                                                     training=False, inputs=("video_index",))))
+    assert set(b) == set(common) | {"video_index"} and b["video_index"].dtype == np.int32
+    with pytest.raises(ValueError, match="unknown input group"):
+        pipeline.make_dataset(data_dir, "val", dataset_config(), batch_size=5, training=False, inputs=("edges",))
+
+
+def test_video_index_identifies_the_video(tmp_path):
+    # Three queries on v0, two on v1, one on v2: equal index <=> same video.
+    examples = [make_example(i) for i in range(6)]
+    for ex, vid in zip(examples, ["v0", "v0", "v0", "v1", "v1", "v2"]):
+        ex.vid = vid
+    schema.write_split(examples, str(tmp_path), "val")
+    text.write_vocabulary(text.build_vocabulary([e.tokens for e in examples]), str(tmp_path / "vocab.txt"))
+    b = next(pipeline.as_numpy(pipeline.make_dataset(str(tmp_path), "val", dataset_config(), batch_size=6,
+                                                     training=False, inputs=("video_index",))))
+    same_vid = b["vid"][:, None] == b["vid"][None, :]
+    np.testing.assert_array_equal(b["video_index"][:, None] == b["video_index"][None, :], same_vid)
+
+
+def with_streams(ex: schema.Example, sub_clips: int | None, sub_dim: int = 3, query_len: int = 6,
+                 query_dim: int = 5) -> schema.Example:
+    rng = np.random.default_rng(100)
+    t = ex.video_features.shape[0]
+    ex.subtitle_features = rng.normal(size=(t if sub_clips is None else sub_clips, sub_dim)).astype(np.float32)
+    ex.query_features = rng.normal(size=(query_len, query_dim)).astype(np.float32)
+    return ex
+
+
+def test_subtitle_and_query_feature_streams(tmp_path):
+    # q0: subtitles one clip short of its 10 clips (zero-padded); q1: two clips longer than its 22 (cut);
+    # q2: 30 clips with 30 subtitle clips, mean-pooled with the video to the 16-clip grid.
+    examples = [with_streams(make_example(0, t=10), 9), with_streams(make_example(1, t=22), 24, query_len=2),
+                with_streams(make_example(2, t=30), None)]
+    schema.write_split(examples, str(tmp_path), "val")
+    text.write_vocabulary(text.build_vocabulary([e.tokens for e in examples]), str(tmp_path / "vocab.txt"))
+    cfg = dataset_config(subtitle_dim=3, query_feature_dim=5, video_sampling="resample")
+    b = next(pipeline.as_numpy(pipeline.make_dataset(str(tmp_path), "val", cfg, batch_size=3, training=False,
+                                                     inputs=("subtitles", "query_features"))))
+    order = [q.decode() for q in b["qid"]]
+    for ex in examples:
+        row = order.index(ex.qid)
+        t = ex.video_features.shape[0]
+        aligned = np.zeros((t, 3), np.float32)
+        n = min(t, ex.subtitle_features.shape[0])
+        aligned[:n] = ex.subtitle_features[:n]
+        np.testing.assert_allclose(b["subtitle_feats"][row], pipeline.resample_features_np(aligned, 16),
+                                   rtol=1e-5, atol=1e-6)
+        nq = min(ex.query_features.shape[0], 4)  # max_query_len 4
+        np.testing.assert_allclose(b["query_feats"][row, :nq], ex.query_features[:nq])
+        assert np.all(b["query_feats"][row, nq:] == 0) and b["query_feats_mask"][row].tolist() == [1] * nq + [0] * (4 - nq)
+
+
+@pytest.mark.parametrize("stream, sub_dim, query_dim, message", [
+    ("subtitles", 4, 5, "subtitle stream missing or not 3-d"),
+    ("query_features", 3, 7, "query token features missing or not 5-d"),
+    ("subtitles", 0, 5, "subtitle stream missing"),
+])
+def test_missing_or_wrong_stream_names_the_record(tmp_path, stream, sub_dim, query_dim, message):
+    import tensorflow as tf
+    ex = with_streams(make_example(7), None, sub_dim=max(sub_dim, 1), query_dim=query_dim)
+    if not sub_dim:
+        ex.subtitle_features = None
+    schema.write_split([ex], str(tmp_path), "val")
+    text.write_vocabulary(text.build_vocabulary([ex.tokens]), str(tmp_path / "vocab.txt"))
+    ds = pipeline.make_dataset(str(tmp_path), "val", dataset_config(subtitle_dim=3, query_feature_dim=5),
+                               batch_size=1, training=False, inputs=(stream,))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message) as err:
+        next(pipeline.as_numpy(ds))
+    assert "q7" in str(err.value) and "v7" in str(err.value)
 
 
 def test_resample_matches_numpy(data_dir):

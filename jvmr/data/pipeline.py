@@ -1,8 +1,10 @@
 """tf.data input pipeline: TFRecords of the schema -> static-shaped numpy batches.
 
-Every model consumes the same batch dictionary (B = batch size, T = the
-model's clip grid ``dataset.max_video_len``, L = ``dataset.max_query_len``,
-E = 3 * L edges, G = ``dataset.max_gt_spans``):
+A batch is a dictionary (B = batch size, T = the model's clip grid
+``dataset.max_video_len``, L = ``dataset.max_query_len``, E = 3 * L edges,
+G = ``dataset.max_gt_spans``). Every batch has the common keys; a model declares
+the optional groups it reads (``jvmr.registry.ModelSpec.inputs``) and only those
+are built:
 
 | key               | shape / dtype      | meaning                                                    |
 |-------------------|--------------------|------------------------------------------------------------|
@@ -10,11 +12,20 @@ E = 3 * L edges, G = ``dataset.max_gt_spans``):
 | video_mask        | [B, T] float32     | 1 for real clips (always a prefix)                         |
 | query_tokens      | [B, L] int32       | word ids (0 padding, 1 out of vocabulary)                  |
 | query_mask        | [B, L] float32     | 1 for real words (prefix)                                  |
+| *query_graph*     |                    |                                                            |
 | edge_senders      | [B, E] int32       | query graph: sending word (local index)                    |
 | edge_receivers    | [B, E] int32       | receiving word (local index)                               |
 | edge_labels       | [B, E] int32       | dependency label id (``text.DEPENDENCY_LABELS``)           |
 | edge_directions   | [B, E] int32       | 0 dependent->head, 1 head->dependent, 2 self loop          |
 | edge_mask         | [B, E] float32     | 1 for real edges                                           |
+| *video_index*     |                    |                                                            |
+| video_index       | [B] int32          | hash of the video id (same video <=> same index, whp.)     |
+| *subtitles*       |                    |                                                            |
+| subtitle_feats    | [B, T, Ds] float32 | subtitle stream on the video's clip grid (shares video_mask)|
+| *query_features*  |                    |                                                            |
+| query_feats       | [B, L, Dq] float32 | pre-extracted query token features                         |
+| query_feats_mask  | [B, L] float32     | 1 for real feature tokens (prefix)                         |
+| *common*          |                    |                                                            |
 | gt_span           | [B, 2] float32     | first ground-truth span as a fraction of the duration      |
 | gt_spans          | [B, G, 2] float32  | all ground-truth spans in seconds                          |
 | gt_spans_mask     | [B, G] float32     | 1 for real spans                                           |
@@ -22,6 +33,12 @@ E = 3 * L edges, G = ``dataset.max_gt_spans``):
 | example_mask      | [B] float32        | 0 for the padding examples that fill the last eval batch   |
 | qid, vid, query   | [B] bytes          | host-side identifiers (never sent to the device)           |
 | query_type        | [B] bytes          | template / query category                                  |
+
+Stream widths (``dataset.feature_dim``, ``subtitle_dim``, ``query_feature_dim``)
+come from the manifest (``jvmr.train.resolve_dataset``); a record whose stream is
+missing or of another width stops the pipeline with an error naming its qid and vid.
+The subtitle stream is aligned to the video's clips first (cut or zero-padded to
+the video's clip count: TVR pools subtitles per clip, sometimes one clip off).
 
 The edge budget is fixed: slot i holds the arc word i -> head(i), slot L + i the
 reverse arc, slot 2L + i word i's self loop; arcs whose head was truncated
@@ -40,6 +57,7 @@ import numpy as np
 from jvmr.data import schema, text
 
 HOST_KEYS = ("qid", "vid", "query", "query_type")
+INPUT_GROUPS = ("query_graph", "video_index", "subtitles", "query_features")
 
 
 def resample_features_np(feats: np.ndarray, num_clips: int) -> np.ndarray:
@@ -116,9 +134,24 @@ def _build_graph(heads, label_ids, num_words, max_len: int):
             "edge_directions": directions, "edge_mask": mask}
 
 
-def make_preprocess_fn(dataset_config, vocab: list[str]):
-    """Returns the per-record map function (parsed record -> fixed-shape example)."""
+def _checked_features(feats, dim: int, what: str, ex):
+    """``feats`` [N, D] after asserting N > 0 and D == dim (the message names the record)."""
     import tensorflow as tf
+    check = tf.debugging.Assert(
+        tf.logical_and(tf.equal(tf.shape(feats)[1], dim), tf.shape(feats)[0] > 0),
+        [f"{what} missing or not {dim}-d (dataset config / manifest)", "qid", ex["qid"], "vid", ex["vid"],
+         "shape", tf.shape(feats)])
+    with tf.control_dependencies([check]):
+        return tf.identity(feats)
+
+
+def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...] = ()):
+    """Returns the per-record map function (parsed record -> fixed-shape example) building the
+    common keys and the optional ``inputs`` groups (``INPUT_GROUPS``)."""
+    import tensorflow as tf
+    unknown = set(inputs) - set(INPUT_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown input group(s) {sorted(unknown)}; known: {INPUT_GROUPS}")
     num_clips = int(dataset_config.max_video_len)
     max_len = int(dataset_config.max_query_len)
     max_gt = int(dataset_config.max_gt_spans)
@@ -151,8 +184,6 @@ def make_preprocess_fn(dataset_config, vocab: list[str]):
         ids = word_table.lookup(tf.strings.lower(tokens))[:max_len]
         query_tokens = tf.pad(ids, [[0, max_len - num_words]])
         query_mask = tf.cast(tf.range(max_len) < num_words, tf.float32)
-        graph = _build_graph(ex["dep_heads"], label_table.lookup(tf.strings.lower(ex["dep_labels"])),
-                             num_words, max_len)
 
         duration = ex["duration"]
         spans = tf.clip_by_value(ex["gt_spans"], 0.0, duration)
@@ -168,7 +199,25 @@ def make_preprocess_fn(dataset_config, vocab: list[str]):
             "example_mask": tf.constant(1.0),
             **{k: ex[k] for k in HOST_KEYS},
         }
-        out.update(graph)
+        if "query_graph" in inputs:
+            out.update(_build_graph(ex["dep_heads"], label_table.lookup(tf.strings.lower(ex["dep_labels"])),
+                                    num_words, max_len))
+        if "video_index" in inputs:
+            out["video_index"] = tf.cast(tf.strings.to_hash_bucket_fast(ex["vid"], 2**31 - 1), tf.int32)
+        if "subtitles" in inputs:
+            sub = _checked_features(ex["subtitle_features"], int(dataset_config.subtitle_dim), "subtitle stream", ex)
+            t = tf.shape(ex["video_features"])[0]
+            sub = tf.pad(sub[:t], [[0, t - tf.minimum(tf.shape(sub)[0], t)], [0, 0]])
+            if normalize:
+                sub = tf.math.l2_normalize(sub, axis=-1)
+            sub, _ = _fit_video(sub, num_clips, sampling)
+            out["subtitle_feats"] = tf.ensure_shape(sub, [num_clips, int(dataset_config.subtitle_dim)])
+        if "query_features" in inputs:
+            dq = int(dataset_config.query_feature_dim)
+            qf = _checked_features(ex["query_features"], dq, "query token features", ex)
+            n = tf.minimum(tf.shape(qf)[0], max_len)
+            out["query_feats"] = tf.ensure_shape(tf.pad(qf[:max_len], [[0, max_len - n], [0, 0]]), [max_len, dq])
+            out["query_feats_mask"] = tf.cast(tf.range(max_len) < n, tf.float32)
         return out
 
     return preprocess
@@ -196,8 +245,8 @@ def load_vocabulary(data_dir: str) -> list[str]:
 
 def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, training: bool,
                  seed: int = 0, vocab: list[str] | None = None, shard_index: int = 0,
-                 num_shards: int = 1):
-    """Builds the tf.data pipeline of one split.
+                 num_shards: int = 1, inputs: tuple[str, ...] = ()):
+    """Builds the tf.data pipeline of one split, with the optional ``inputs`` groups.
 
     Training: parse -> preprocess -> cache -> shuffle -> repeat -> batch (drop remainder) -> prefetch.
     Evaluation: one pass in file order; the last batch is padded with examples whose
@@ -211,7 +260,7 @@ def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, 
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
     ds = ds.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(make_preprocess_fn(dataset_config, vocab), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(make_preprocess_fn(dataset_config, vocab, inputs), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     if training:
         ds = ds.cache()

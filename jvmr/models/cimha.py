@@ -95,13 +95,12 @@ import jax.numpy as jnp
 
 from jvmr.models.layers import (BiLSTM, FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, WordEmbedding,
                                 mask_fill, masked_log_softmax, masked_softmax, sequence_lengths)
+from jvmr.models.spans import MASKED_SCORE, boundary_indices, decode_spans, segment_labels  # noqa: F401
 
 Array = jax.Array
 
 FUSION_MODES = ("cross", "one_way")
 EQ7_READINGS = ("key_aligned", "bidaf")
-MASKED_SCORE = -jnp.inf  # score of impossible candidates in predict_fn: never ranked, never kept.
-BOUNDARY_TOLERANCE = 1e-4  # in clips: a GT boundary this close to a clip edge is on the edge.
 
 default_embed_init = WordEmbedding.embedding_init  # nn.Embed's
 
@@ -224,69 +223,6 @@ class QueryToContextAttention(nn.Module):
 
 
 # ----------------------------------------------------------------------------- labels / decoding
-
-
-def boundary_indices(gt_span: Array, video_mask: Array) -> tuple[Array, Array]:
-    """Ground-truth start / end clips (inclusive) of [B, 2] fractions on a [B, T] prefix mask.
-
-    Clip t of the n valid clips covers [t/n, (t+1)/n]: i* = floor(s n), j* =
-    ceil(e n) - 1 (within ``BOUNDARY_TOLERANCE`` clips of an edge counts as on
-    it), clipped to [0, n - 1] with j* >= i*. Returns two [B] int32 arrays.
-    """
-    n = sequence_lengths(video_mask)
-    nf = jnp.maximum(n, 1).astype(jnp.float32)
-    last = jnp.maximum(n - 1, 0)
-    gt = gt_span.astype(jnp.float32)
-    start = jnp.floor(gt[:, 0] * nf + BOUNDARY_TOLERANCE).astype(jnp.int32)
-    end = jnp.ceil(gt[:, 1] * nf - BOUNDARY_TOLERANCE).astype(jnp.int32) - 1
-    start = jnp.clip(start, 0, last)
-    end = jnp.clip(end, start, last)
-    return start, end
-
-
-def segment_labels(start: Array, end: Array, num_clips: int) -> Array:
-    """[B, T] float labels: 1 on clips start..end (inclusive), 0 elsewhere."""
-    t = jnp.arange(num_clips)[None, :]
-    return ((t >= start[:, None]) & (t <= end[:, None])).astype(jnp.float32)
-
-
-def decode_spans(
-    start_logits: Array,
-    end_logits: Array,
-    video_mask: Array,
-    *,
-    max_span_len: int = 0,
-    num_candidates: int = 100,
-) -> tuple[Array, Array]:
-    """The most likely (start <= end) clip pairs under P_start(i) P_end(j).
-
-    Args:
-      start_logits, end_logits: [B, T] scores c^start, c^end.
-      video_mask: [B, T] prefix mask.
-      max_span_len: keep pairs with j - i + 1 <= max_span_len clips (0 = no limit).
-      num_candidates: N pairs returned per example (at most T * T).
-
-    Returns:
-      spans [B, N, 2] ([i/n, (j+1)/n], fractions of the n valid clips, in [0, 1])
-      and scores [B, N] (log P_start(i) + log P_end(j), descending; ``MASKED_SCORE``
-      with span [0, 0] where fewer than N pairs are possible).
-    """
-    b, t = start_logits.shape
-    log_start = masked_log_softmax(start_logits, video_mask)
-    log_end = masked_log_softmax(end_logits, video_mask)
-    i = jnp.arange(t)[:, None]
-    j = jnp.arange(t)[None, :]
-    allowed = j >= i
-    if max_span_len > 0:
-        allowed = allowed & (j - i < max_span_len)
-    valid = video_mask > 0
-    allowed = allowed[None] & valid[:, :, None] & valid[:, None, :]
-    joint = jnp.where(allowed, log_start[:, :, None] + log_end[:, None, :], MASKED_SCORE)
-    scores, flat = jax.lax.top_k(joint.reshape(b, t * t), min(int(num_candidates), t * t))
-    n = jnp.maximum(sequence_lengths(video_mask), 1).astype(jnp.float32)[:, None]
-    spans = jnp.stack([(flat // t) / n, (flat % t + 1) / n], axis=-1)
-    spans = jnp.where(jnp.isfinite(scores)[..., None], jnp.clip(spans, 0.0, 1.0), 0.0)
-    return spans, scores
 
 
 # ----------------------------------------------------------------------------- model
@@ -438,6 +374,8 @@ def loss_fn(
     outputs: Mapping[str, Array],
     batch: Mapping[str, Array],
     *,
+    step: Array | None = None,
+    rng: Array | None = None,
     start_weight: float = 1.0,
     end_weight: float = 1.0,
     segment_weight: float = 1.0,
@@ -460,6 +398,7 @@ def loss_fn(
     Returns:
       (loss, {'loss', 'start_loss', 'end_loss', 'segment_loss'}).
     """
+    del step, rng  # Deterministic loss.
     vmask = outputs["video_mask"]
     start, end = boundary_indices(batch["gt_span"], vmask)
     has_clips = (sequence_lengths(vmask) > 0).astype(jnp.float32)

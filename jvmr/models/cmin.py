@@ -431,6 +431,8 @@ def loss_fn(
     outputs: Mapping[str, Array],
     batch: Mapping[str, Array],
     *,
+    step: Array | None = None,
+    rng: Array | None = None,
     label_mode: str = "iou",
     reg_mode: str = "paper",
     reg_weight: float = 1.0,
@@ -465,6 +467,7 @@ def loss_fn(
     Returns:
       (loss, {'loss', 'align_loss', 'reg_loss'}).
     """
+    del step, rng  # Deterministic loss.
     if reg_mode not in REG_MODES:
         raise ValueError(f"reg_mode must be one of {REG_MODES}, got {reg_mode!r}")
     logits = outputs["anchor_logits"]
