@@ -25,7 +25,7 @@ import dataclasses
 import ml_collections
 
 from jvmr import metrics
-from jvmr.data import synthetic
+from jvmr.data import corpus, synthetic
 
 # Per dataset: the split trained on, the splits evaluated by default, and the grid /
 # query lengths a first run should use (model presets override them).
@@ -33,6 +33,9 @@ _DATASETS = {
     # The embedded benchmark, generated in WORKDIR/data (no files needed).
     "synthetic": dict(max_video_len=64, max_query_len=20, video_sampling="pad",
                       train_split="train", eval_splits=("val", "test", "test_novel", "test_paraphrase")),
+    # The embedded corpus benchmark (jvmr.data.corpus): VCMR over generated videos with a subtitle stream.
+    "synthetic_corpus": dict(max_video_len=64, max_query_len=20, video_sampling="pad",
+                             train_split="train", eval_splits=("val", "test")),
     # I3D 1024-d per-video .npy (VSLNet; 2D-TAN used VGG 4096-d: --feature_dim=4096); papers evaluate on test.
     "charades_sta": dict(max_video_len=64, max_query_len=20, video_sampling="resample",
                          train_split="train", eval_splits=("test",)),
@@ -78,6 +81,11 @@ def dataset_config(name: str = "synthetic", *, explicit: bool = True) -> ml_coll
     # Load DATA_DIR/embeddings.npy (GloVe rows aligned with vocab.txt, written by
     # data_prep --glove) into the model's word table; its width must equal the model's word_dim.
     block.pretrained_embeddings = False
-    # jvmr.data.synthetic.SyntheticConfig of the embedded benchmark (used only by 'synthetic').
+    # jvmr.data.synthetic.SyntheticConfig of the embedded benchmark (used only by 'synthetic' and
+    # 'synthetic_corpus').
     block.synthetic = ml_collections.ConfigDict(dataclasses.asdict(synthetic.SyntheticConfig()))
+    if name == "synthetic_corpus":  # The world (``synthetic``) and the corpus knobs (jvmr.data.corpus.CorpusConfig).
+        defaults = dataclasses.asdict(corpus.CorpusConfig())
+        block.synthetic = ml_collections.ConfigDict(defaults.pop("synthetic"))
+        block.corpus = ml_collections.ConfigDict(defaults)
     return block

@@ -47,6 +47,8 @@ from configs import common, datasets
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.get_base_config()
 
+    # The embedded corpus benchmark: VCMR over generated videos with a subtitle stream (jvmr.data.corpus).
+    config.dataset = datasets.dataset_config("synthetic_corpus")
     config.model.name = "reloclnet"
     config.model.word_dim = 64
     config.model.hidden_size = 64
@@ -57,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dropout = 0.1
     config.model.attention_dropout = 0.1
     config.model.conv_kernel_size = 5
-    config.model.use_subtitles = False
+    config.model.use_subtitles = True
     config.model.use_cross_attention = True
     config.model.use_query_features = False
     config.model.video_cl_reading = "paper"
@@ -101,11 +103,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.hidden_size = 384
         config.model.num_heads = 8
         if arg == "tvr":
-            config.model.use_subtitles = True
             config.model.use_query_features = True
             config.model.min_span_len = 2
             config.model.max_span_len = 16
-        else:
+        else:  # one (video) stream and GloVe words
+            config.model.use_subtitles = False
             config.dataset.pretrained_embeddings = True
             config.model.word_dim = 300
         config.batch_size = 128

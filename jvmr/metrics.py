@@ -867,6 +867,7 @@ PROTOCOLS: dict[str, Protocol] = {
 #: The protocol each dataset's published tables use (``dataset.protocol`` when empty).
 DATASET_PROTOCOLS: dict[str, str] = {
     "synthetic": "jvmr",
+    "synthetic_corpus": "tvr",
     "charades_sta": "2dtan",
     "activitynet_captions": "2dtan",
     "tacos": "2dtan",

@@ -44,12 +44,17 @@ class TrainState(train_state.TrainState):
 def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Returns the dataset directory, building the synthetic benchmark there if needed."""
     ds = config.dataset
-    if ds.name == "synthetic":
-        from jvmr.data import synthetic
+    if ds.name in ("synthetic", "synthetic_corpus"):
+        from jvmr.data import corpus, synthetic
         data_dir = ds.data_dir or os.path.join(workdir, "data")
         start = time.time()
-        manifest = synthetic.build(data_dir, synthetic.config_from_dict(ds.synthetic.to_dict()))
-        logging.info("Synthetic benchmark ready in %s (%.1fs): %s", data_dir, time.time() - start,
+        world = synthetic.config_from_dict(ds.synthetic.to_dict())
+        if ds.name == "synthetic":
+            manifest = synthetic.build(data_dir, world)
+        else:
+            knobs = ds.corpus.to_dict() if "corpus" in ds else {}
+            manifest = corpus.build(data_dir, corpus.CorpusConfig(synthetic=world, **knobs))
+        logging.info("%s benchmark ready in %s (%.1fs): %s", ds.name, data_dir, time.time() - start,
                      manifest["num_examples"])
         return data_dir
     if not ds.data_dir:
