@@ -48,4 +48,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 128
     config.eval.write_predictions = True
+    # '' = the model's ('moment': each query in its own video; 'corpus': against the split's whole corpus).
+    config.eval.evaluator = ""
     return config

@@ -82,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.hard_negative_start_step = -1
     config.loss.hard_pool_size = 20
 
+    # Corpus search at evaluation (jvmr.retrieval.SearchSettings; moment lengths from the model block).
+    config.eval.search = ml_collections.ConfigDict(dict(num_videos=100, num_moments=200, alpha=30.0))
+
     config.optimizer.name = "adamw"
     config.optimizer.schedule = "cosine"
     config.optimizer.learning_rate = 1e-3

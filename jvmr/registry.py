@@ -8,7 +8,11 @@ loop needs:
     fraction of the video duration; the host turns them into seconds, applies the
     evaluation protocol (NMS, top-k) and computes recall;
   * ``inputs(model_config) -> groups``: the optional batch groups the model reads
-    (``jvmr.data.pipeline.INPUT_GROUPS``); the pipeline builds only those.
+    (``jvmr.data.pipeline.INPUT_GROUPS``); the pipeline builds only those;
+  * ``evaluator``: how the training loop evaluates it by default (``config.eval.evaluator``
+    overrides): ``'moment'`` (each query in its own video, ``predict_fn``) or ``'corpus'``
+    (every query against its split's whole corpus: ``jvmr.retrieval``, for models with
+    ``encode_query`` / ``encode_context`` methods).
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ class ModelSpec:
     loss_fn: Callable[..., Any]
     predict_fn: Callable[..., Any]
     inputs: Callable[[ml_collections.ConfigDict], tuple[str, ...]] = lambda model_config: ()
+    evaluator: str = "moment"
 
 
 MODELS: dict[str, ModelSpec] = {
     "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn, lambda model_config: ("query_graph",)),
     "cimha": ModelSpec(cimha.CIMHA, cimha.loss_fn, cimha.predict_fn),
-    "reloclnet": ModelSpec(reloclnet.ReLoCLNet, reloclnet.loss_fn, reloclnet.predict_fn, reloclnet.model_inputs),
+    "reloclnet": ModelSpec(reloclnet.ReLoCLNet, reloclnet.loss_fn, reloclnet.predict_fn, reloclnet.model_inputs,
+                           evaluator="corpus"),
 }
 
 

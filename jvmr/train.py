@@ -352,6 +352,37 @@ def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np
     return result, predictions
 
 
+def evaluate_corpus(config: ml_collections.ConfigDict, model, state: TrainState,
+                    batches: Iterator[dict[str, np.ndarray]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """VCMR / SVMR / VR of one split against its whole corpus (``jvmr.retrieval.evaluate_corpus``)."""
+    from jvmr import retrieval
+    params = state.params
+
+    def encoder(method):
+        fn = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False, method=method))
+        return lambda batch: fn(params, pipeline.device_batch(batch))
+
+    search = config.eval.get("search", ml_collections.ConfigDict())
+    settings = retrieval.SearchSettings(
+        num_videos=int(search.get("num_videos", 100)), num_moments=int(search.get("num_moments", 200)),
+        alpha=float(search.get("alpha", 30.0)), min_len=int(config.model.get("min_span_len", 1)),
+        max_len=int(config.model.get("max_span_len", 0)))
+    info = {"model": config.model.to_dict(), "dataset": config.dataset.name}
+    return retrieval.evaluate_corpus(encoder(model.encode_query), encoder(model.encode_context), params,
+                                     batches, settings, info)
+
+
+def write_corpus_predictions(directory: str, split: str, step: int, predictions: dict[str, Any]) -> None:
+    """``{split}_step{step}_tvr.json`` (the TVR submission: VCMR, SVMR, VR) and its metrics."""
+    os.makedirs(directory, exist_ok=True)
+    for name, obj in ((f"{split}_step{step}_tvr.json", predictions["submission"]),
+                      (f"{split}_step{step}_metrics.json", {"protocol": "tvr", "metrics": predictions["metrics"]})):
+        tmp = os.path.join(directory, name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, os.path.join(directory, name))
+
+
 def write_predictions(directory: str, split: str, step: int, predictions: dict[str, Any]) -> None:
     """Writes the files that let any run be re-scored by ``python -m jvmr.evaluate``.
 
@@ -471,13 +502,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     train_iter = pipeline.as_numpy(train_ds)
 
     last_eval: dict[str, dict[str, float]] = {}
+    evaluator = config.eval.get("evaluator", "") or spec.evaluator
     def run_eval(step: int) -> None:
         for split in config.dataset.eval_splits:
-            result, predictions = evaluate(stepper, state, eval_batches(split), config.dataset.protocol)
+            if evaluator == "corpus":
+                result, predictions = evaluate_corpus(config, model, stepper.get_state(state), eval_batches(split))
+            elif evaluator == "moment":
+                result, predictions = evaluate(stepper, state, eval_batches(split), config.dataset.protocol)
+            else:
+                raise ValueError(f"config.eval.evaluator must be 'moment' or 'corpus', got {evaluator!r}")
             last_eval[split] = result
             _log_eval(workdir, writer, step, split, config.dataset.protocol, result)
             if config.eval.write_predictions and jax.process_index() == 0:
-                write_predictions(os.path.join(workdir, "predictions"), split, step, predictions)
+                write = write_corpus_predictions if evaluator == "corpus" else write_predictions
+                write(os.path.join(workdir, "predictions"), split, step, predictions)
 
     step = start_step
     accumulated: list[dict[str, jax.Array]] = []

@@ -96,3 +96,16 @@ def test_build_writes_both_streams_through_the_pipeline(tmp_path):
     # Records of one video share its index.
     same = b["vid"][:, None] == b["vid"][None, :]
     np.testing.assert_array_equal(b["video_index"][:, None] == b["video_index"][None, :], same)
+
+
+def test_train_queries_are_unique_in_their_video_and_follow_the_mix():
+    videos = corpus.generate_videos(SMALL, "train")
+    types = collections.Counter()
+    for i, v in enumerate(videos):
+        for q in v.queries:
+            types[q["desc_type"]] += 1
+            answers = corpus.corpus_answers([v], q)
+            assert answers == [(0, tuple(q["targets"]))], q["text"]
+    total = sum(types.values())
+    for d, w in SMALL.type_weights.items():
+        assert abs(types[d] / total - w / sum(SMALL.type_weights.values())) < 0.05, types

@@ -256,7 +256,7 @@ def test_resolve_dataset_checks_the_manifest(trained):
     assert resolved.dataset.feature_dim == 16 and config.dataset.feature_dim == 0  # a copy
     bad = test_config.get_config()
     bad.dataset.feature_dim = 32
-    with pytest.raises(ValueError, match=r"feature_dim is 32 but the features in .* are 16-d"):
+    with pytest.raises(ValueError, match=r"feature_dim is 32 but the video features in .* are 16-d"):
         train.resolve_dataset(bad, data_dir)
     bad = test_config.get_config()
     bad.dataset.eval_splits = ("val_2",)

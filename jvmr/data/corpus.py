@@ -25,7 +25,9 @@ Queries carry TVR's description types (``query_type``):
 
 Every query's ground truth is its target event's annotated span in its own video,
 and no other video of the split holds an event the query describes (checked
-for every query against every video with the same composition / topics).
+for every query against every video with the same composition / topics; in
+train, within the query's video only, unless ``unique_in_train``: in-batch
+negatives then rarely hold an answer, and the type mix follows the weights).
 ``build`` writes the real schema (``subtitle_features`` in every record),
 ``{split}_videos.jsonl`` (timeline, events with topics, queries) and a manifest
 with ``feature_dims = {'video': D, 'subtitle': Ds}``.
@@ -66,13 +68,17 @@ class CorpusConfig:
     (``synthetic``); the corpus keeps up to ``queries_per_video`` unique queries per video."""
 
     synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig(
-        num_train=9000, num_val=600, num_test=3000, num_test_novel=0, num_test_paraphrase=0)
+        num_train=9000, num_val=600, num_test=3000, num_test_novel=0, num_test_paraphrase=0, max_clips=128)
     subtitle_dim: int = 64
     num_topics: int = len(TOPICS)
     num_chatter_states: int = 4
     subtitle_noise: float = 0.3
     subtitle_blur_clips: float = 0.5
     queries_per_video: int = 3
+    # Train queries are unique in their video (topics are distinct within a video; v queries come from
+    # the single-video grammar); val / test queries in their whole split. True: train too (a large
+    # train corpus then keeps mostly t queries).
+    unique_in_train: bool = False
     v_weight: float = 0.4
     t_weight: float = 0.2
     vt_weight: float = 0.4
@@ -215,7 +221,11 @@ def generate_videos(cfg: CorpusConfig, split: str) -> list[CorpusVideo]:
                 topic_steps[("after", ts[e - 1], k)] += 1  # (relation, context topic, target topic)
                 topic_steps[("before", k, ts[e - 1])] += 1
 
+    unique = split != "train" or cfg.unique_in_train
+
     def v_unique(i: int, q: Mapping[str, Any]) -> bool:
+        if not unique:
+            return True
         own = (q["action"], q["object"])
         return not any(synthetic.resolve(pairs[j], q) for j in by_pair[own] if j != i)
 
@@ -228,11 +238,11 @@ def generate_videos(cfg: CorpusConfig, split: str) -> list[CorpusVideo]:
         for t, qs in synthetic.candidates(pairs[i], cfg.synthetic.min_alternatives).items():
             cands[t]["v"] = [q for q in qs if cfg.synthetic.template_weights[q["template"]] > 0 and v_unique(i, q)]
         for t, (p, k) in enumerate(zip(pairs[i], ts)):
-            if pair_topic[(p, k)] == 1:
+            if pair_topic[(p, k)] == 1 or not unique:
                 cands[t]["vt"].append({"action": p[0], "object": p[1]})
             for rel, step in (("after", -1), ("before", 1)):
                 c = t + step
-                if 0 <= c < len(ts) and topic_steps[(rel, ts[c], k)] == 1:  # (relation, context, target)
+                if 0 <= c < len(ts) and (topic_steps[(rel, ts[c], k)] == 1 or not unique):  # (rel, ctx, target)
                     cands[t]["t"].append({"relation": rel, "context": c})
         usable = [t for t in range(len(pairs[i])) if any(cands[t][d] for d in DESC_TYPES if cfg.type_weights[d] > 0)]
         queries = []
