@@ -1,0 +1,164 @@
+r"""Search a video corpus for a sentence with a trained corpus model (ReLoCLNet).
+
+Build an index of a split's videos (every video encoded once, from the run's latest checkpoint):
+    python -m jvmr.search --workdir=/tmp/reloclnet --split=test --build_index=/tmp/reloclnet_index
+Query it:
+    python -m jvmr.search --index=/tmp/reloclnet_index --query="someone talks about the wedding" --k=10
+
+The query is tokenised as the data was (spaCy through ``jvmr.data.parsing`` when
+the data was parsed with it, else lower-cased words) and embedded with the run's
+vocabulary and weights. An index is tied to the run, checkpoint step and
+vocabulary that built it: searching it with anything else is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from jvmr import registry, retrieval, train
+from jvmr.data import pipeline, text
+
+FLAGS = flags.FLAGS
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
+    """A trained run: its resolved config, model, parameters (latest or ``step``), vocabulary, data dir."""
+    import orbax.checkpoint as ocp
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a jvmr run")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    data_dir = config.dataset.data_dir or os.path.join(workdir, "data")
+    vocab = pipeline.load_vocabulary(data_dir)
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
+    available = manager.all_steps()
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in available:
+        raise FileNotFoundError(f"no checkpoint at step {step} in {workdir} (steps: {sorted(available)})")
+    params = manager.restore(step, args=ocp.args.StandardRestore())["params"]
+    model = registry.create_model(config.model, vocab_size=len(vocab))
+    return {"config": config, "model": model, "params": params, "vocab": vocab, "data_dir": data_dir,
+            "step": int(step), "workdir": os.path.abspath(workdir),
+            "vocab_sha256": _sha256(os.path.join(data_dir, "vocab.txt"))}
+
+
+def build_index(workdir: str, split: str, output: str) -> retrieval.CorpusIndex:
+    """Encodes every video of ``split`` with the run's latest checkpoint into ``output``."""
+    run = load_run(workdir)
+    config, model = run["config"], run["model"]
+    spec = registry.get_model_spec(config.model.name)
+    if not hasattr(model, "encode_context"):
+        raise ValueError(f"model {config.model.name!r} has no unimodal context encoder: it cannot index a corpus")
+    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False, method=model.encode_context))
+    batches = pipeline.as_numpy(pipeline.make_dataset(
+        run["data_dir"], split, config.dataset, batch_size=config.eval.batch_size, training=False,
+        vocab=run["vocab"], inputs=spec.inputs(config.model)))
+    info = {"workdir": run["workdir"], "step": run["step"], "model": config.model.to_dict(),
+            "vocab_sha256": run["vocab_sha256"], "split": split, "dataset": config.dataset.name}
+    index = retrieval.build_index(lambda b: fn(run["params"], pipeline.device_batch(b)), batches, info)
+    index.save(output)
+    return index
+
+
+class Engine:
+    """Loads an index and the run that built it; answers free-text queries."""
+
+    def __init__(self, index_dir: str, settings: retrieval.SearchSettings | None = None):
+        self.index = retrieval.CorpusIndex.load(index_dir)
+        info = self.index.info
+        try:
+            self.run = load_run(info["workdir"], info["step"])
+        except (FileNotFoundError, KeyError) as e:
+            raise ValueError(f"index {index_dir} was built by run {info.get('workdir')!r} at step "
+                             f"{info.get('step')}, which cannot be loaded: {e}") from e
+        config = self.run["config"]
+        if self.run["vocab_sha256"] != info["vocab_sha256"] or config.model.to_dict() != info["model"]:
+            raise ValueError(f"index {index_dir} was built with another model or vocabulary than "
+                             f"{info['workdir']} has now: rebuild it with --build_index")
+        if config.model.get("use_query_features", False):
+            raise ValueError("this model reads pre-extracted query token features (e.g. TVR's RoBERTa): "
+                             "free-text search needs the feature extractor, which jvmr does not ship")
+        model, params = self.run["model"], self.run["params"]
+        self._encode = jax.jit(lambda b: model.apply({"params": params}, b, train=False, method=model.encode_query))
+        defaults = retrieval.SearchSettings()
+        self.searcher = retrieval.CorpusSearcher(
+            self.index, np.asarray(params["conv_start"]), np.asarray(params["conv_end"]),
+            settings or retrieval.SearchSettings(
+                num_videos=min(defaults.num_videos, self.index.num_videos), min_len=int(config.model.min_span_len),
+                max_len=int(config.model.max_span_len)))
+        self._parser = None
+        manifest = train.read_manifest(self.run["data_dir"])
+        parser = manifest.get("parser", {})
+        if isinstance(parser, dict):
+            parser = parser.get("name", "")
+        parser = parser or manifest.get("config", {}).get("synthetic", manifest.get("config", {})).get("parser", "")
+        self.parser = parser
+
+    def tokenize(self, sentence: str) -> list[str]:
+        if not sentence.strip():
+            raise ValueError("empty query")
+        if self.parser == "spacy":
+            from jvmr.data import parsing
+            if self._parser is None:
+                self._parser = parsing.DependencyParser()
+            return self._parser.parse([sentence])[0].tokens
+        return sentence.lower().split()
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        vocab = {w: i for i, w in enumerate(self.run["vocab"])}
+        length = int(self.run["config"].dataset.max_query_len)
+        tokens = np.zeros((len(texts), length), np.int32)
+        mask = np.zeros((len(texts), length), np.float32)
+        for row, sentence in enumerate(texts):
+            ids = [vocab.get(w, text.UNK_ID) for w in self.tokenize(sentence)][:length]
+            tokens[row, :len(ids)], mask[row, :len(ids)] = ids, 1.0
+        return jax.device_get(self._encode({"query_tokens": tokens, "query_mask": mask}))
+
+    def search(self, sentence: str, k: int = 10) -> list[dict[str, Any]]:
+        """The top ``k`` moments of the corpus for ``sentence``: video id, start / end seconds, score."""
+        enc = self.encode([sentence])
+        found = self.searcher.search(enc["query"], enc["local_query"])
+        out = []
+        for v, (s, e), c in zip(found["moment_videos"][0], found["moment_spans"][0], found["moment_scores"][0]):
+            if np.isfinite(c) and len(out) < k:
+                out.append({"vid": self.index.vids[int(v)], "start": round(float(s), 2), "end": round(float(e), 2),
+                            "score": float(c)})
+        return out
+
+
+def main(argv):
+    del argv
+    if FLAGS.build_index:
+        if not FLAGS.workdir:
+            raise app.UsageError("--build_index needs --workdir (a trained run)")
+        index = build_index(FLAGS.workdir, FLAGS.split, FLAGS.build_index)
+        print(json.dumps({"index": FLAGS.build_index, "num_videos": index.num_videos, "num_clips": index.num_clips}))
+        return
+    if not FLAGS.index or not FLAGS.query:
+        raise app.UsageError("give --index and --query (or --workdir and --build_index to build one)")
+    for row in Engine(FLAGS.index).search(FLAGS.query, FLAGS.k):
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", "", "A trained run (to build an index).")
+    flags.DEFINE_string("split", "test", "The split whose videos are indexed.")
+    flags.DEFINE_string("build_index", "", "Write the index of --split's videos here.")
+    flags.DEFINE_string("index", "", "An index built by --build_index.")
+    flags.DEFINE_string("query", "", "The sentence to search for.")
+    flags.DEFINE_integer("k", 10, "Moments to print.")
+    app.run(main)
