@@ -1,0 +1,118 @@
+r"""VCMR latency of the exact corpus search (random weights and vectors of the right shapes).
+
+    python -m benchmarks.vcmr_latency --num_videos=2179 \
+        --clips_from=tests/fixtures/tvr/tvr_video2dur_idx.json --dim=384 --num_queries=1000
+    python -m benchmarks.vcmr_latency --num_videos=20000 --num_clips=100 --dim=384 --num_queries=1000
+
+The timed path is the whole VCMR pipeline per batch of queries: query encoding
+(ReLoCLNet's query encoder: 30 tokens, d = --dim, 8 heads, two streams), scoring
+against every clip of the corpus, the top 100 videos, span localisation inside
+them and the top 200 moments (``jvmr.retrieval.CorpusSearcher``). ``--clips_from``
+takes the first N videos of the file's ``val`` entries, one clip per 1.5 s (at
+most 128). Prints one JSON line: num_videos, num_clips_total, num_queries,
+ms_per_query, flops_per_query (corpus scoring: 2 * clips * streams * d),
+gemm_gflops (this machine's float32 matrix-product rate on the scoring's shape,
+measured in the same run), gemm_ms_per_query (the scoring FLOPs at that rate) and mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jvmr import retrieval
+from jvmr.models import reloclnet
+
+STREAMS = 2
+CLIP_SECONDS = 1.5
+MAX_CLIPS = 128
+
+
+def clip_counts(args) -> np.ndarray:
+    if args.clips_from:
+        with open(args.clips_from) as f:
+            val = json.load(f)["val"]
+        durations = [float(v[0]) for v in list(val.values())[:args.num_videos]]
+        if len(durations) < args.num_videos:
+            raise SystemExit(f"{args.clips_from} has {len(durations)} val videos, fewer than {args.num_videos}")
+        return np.asarray([min(MAX_CLIPS, max(1, math.ceil(d / CLIP_SECONDS))) for d in durations])
+    return np.full(args.num_videos, args.num_clips)
+
+
+def random_index(counts: np.ndarray, dim: int, seed: int = 0) -> retrieval.CorpusIndex:
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    context = rng.standard_normal((STREAMS, int(offsets[-1]), dim), dtype=np.float32)
+    keys = context / np.linalg.norm(context, axis=-1, keepdims=True)
+    return retrieval.CorpusIndex(vids=[str(i) for i in range(len(counts))], durations=counts * CLIP_SECONDS,
+                                 offsets=offsets, keys=keys, context=context, info={})
+
+
+def gemm_rate(q: int, k: int, n: int, repeats: int = 5) -> float:
+    """float32 GFLOP/s of a jitted [q, k] x [k, n] product (best of ``repeats``)."""
+    a = jnp.asarray(np.random.default_rng(1).standard_normal((q, k), dtype=np.float32))
+    b = jnp.asarray(np.random.default_rng(2).standard_normal((k, n), dtype=np.float32))
+    f = jax.jit(jnp.matmul)
+    f(a, b).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * q * k * n / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_videos", type=int, required=True)
+    parser.add_argument("--clips_from", default="")
+    parser.add_argument("--num_clips", type=int, default=0)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--num_queries", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=100, help="queries per search call")
+    parser.add_argument("--mode", default="exact", choices=["exact"])
+    args = parser.parse_args()
+    if not args.clips_from and args.num_clips < 1:
+        parser.error("give --clips_from or --num_clips")
+
+    counts = clip_counts(args)
+    index = random_index(counts, args.dim)
+    rng = np.random.default_rng(3)
+    searcher = retrieval.CorpusSearcher(index, rng.standard_normal(5).astype(np.float32),
+                                        rng.standard_normal(5).astype(np.float32),
+                                        retrieval.SearchSettings(min_len=2, max_len=16))
+    model = reloclnet.ReLoCLNet(vocab_size=1000, word_dim=300, hidden_size=args.dim, num_heads=8,
+                                use_subtitles=True)
+    tokens = rng.integers(2, 1000, size=(args.batch, 30)).astype(np.int32)
+    mask = np.ones((args.batch, 30), np.float32)
+    query_batch = {"query_tokens": tokens, "query_mask": mask}
+    params = jax.jit(lambda r: model.init(r, query_batch, method=model.encode_query))(jax.random.key(0))
+    encode = jax.jit(lambda b: model.apply(params, b, method=model.encode_query))
+
+    def run_batch():
+        enc = encode(query_batch)
+        return searcher.search(np.asarray(enc["query"]), np.asarray(enc["local_query"]))
+
+    run_batch()  # compile
+    batches = max(1, args.num_queries // args.batch)
+    start = time.perf_counter()
+    for _ in range(batches):
+        run_batch()
+    seconds = time.perf_counter() - start
+    num_queries = batches * args.batch
+    flops = 2.0 * index.num_clips * STREAMS * args.dim
+    rate = gemm_rate(args.batch, STREAMS * args.dim, index.num_clips)
+    print(json.dumps({"num_videos": int(index.num_videos), "num_clips_total": index.num_clips,
+                      "num_queries": num_queries, "ms_per_query": round(1e3 * seconds / num_queries, 4),
+                      "flops_per_query": flops, "gemm_gflops": round(rate, 2),
+                      "gemm_ms_per_query": round(1e3 * flops / (rate * 1e9), 4), "mode": args.mode}))
+
+
+if __name__ == "__main__":
+    main()
