@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import cimha, cmin, common, datasets
+from configs import cimha, cmin, common, datasets, reloclnet
 from jvmr import metrics, registry, train
 
 
@@ -72,7 +72,8 @@ def test_cimha_presets_use_the_papers_settings(preset):
 
 
 @pytest.mark.parametrize("module,preset", [(cmin, None), (cmin, "activitynet_captions"), (cimha, None),
-                                           (cimha, "charades_sta")])
+                                           (cimha, "charades_sta"), (reloclnet, None), (reloclnet, "tvr"),
+                                           (reloclnet, "activitynet_captions")])
 def test_model_and_loss_keys_reach_the_model(module, preset):
     """Every model key is a module field (so --config.model.X=... works) and every loss key a loss_fn argument."""
     config = module.get_config(preset)
@@ -82,6 +83,23 @@ def test_model_and_loss_keys_reach_the_model(module, preset):
             assert getattr(model, key) == (tuple(value) if isinstance(value, list) else value), key
     loss_args = inspect.signature(registry.get_model_spec(config.model.name).loss_fn).parameters
     assert set(config.loss) <= set(loss_args)
+
+
+def test_reloclnet_presets():
+    default = reloclnet.get_config()
+    assert default.dataset.name == "synthetic_corpus" and default.dataset.protocol == "tvr"
+    assert default.model.use_subtitles and default.dataset.corpus.subtitle_dim > 0
+    tvr = reloclnet.get_config("tvr")
+    # The released code's settings (methods.md 1(b)).
+    assert (tvr.model.hidden_size, tvr.model.num_heads, tvr.model.conv_kernel_size) == (384, 8, 5)
+    assert tvr.model.use_subtitles and tvr.model.use_query_features and tvr.dataset.max_query_len == 30
+    assert (tvr.model.min_span_len, tvr.model.max_span_len, tvr.dataset.max_video_len) == (2, 16, 128)
+    assert (tvr.loss.localization_weight, tvr.loss.video_cl_weight, tvr.loss.frame_cl_weight) == (0.01, 0.03, 0.03)
+    assert tvr.loss.vr_negatives == "sampled" and tvr.loss.hard_pool_size == 20
+    assert (tvr.optimizer.learning_rate, tvr.optimizer.weight_decay, tvr.batch_size) == (1e-4, 0.01, 128)
+    assert tvr.optimizer.decay_only_kernels and tvr.optimizer.schedule == "linear"
+    anet = reloclnet.get_config("activitynet_captions")
+    assert not anet.model.use_subtitles and anet.dataset.pretrained_embeddings
 
 
 def test_cmin_released_switches_in_the_config():
@@ -163,3 +181,23 @@ def test_frozen_word_table_never_moves(name):
     np.testing.assert_allclose(np.asarray(got["head"]["kernel"]), want[0], rtol=1e-5, atol=1e-6)
     unfrozen = _run_optimizer(_optimizer_config(name, 0.5, freeze=False), params, grads)
     assert not np.allclose(np.asarray(unfrozen["word_embed"]["embedding"]), params["word_embed"]["embedding"])
+
+
+def test_linear_schedule_and_kernel_only_decay():
+    config = reloclnet.get_config()
+    config.optimizer.update(schedule="linear", learning_rate=0.1, warmup_steps=10, warmup_init_lr=0.0,
+                            grad_clip_norm=0.0, weight_decay=0.5, decay_only_kernels=True)
+    config.num_train_steps = 110
+    schedule = train.create_learning_rate_schedule(config.optimizer, config.num_train_steps)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 60, 110)], [0.0, 0.05, 0.1, 0.05, 0.0],
+                               atol=1e-7)
+    # With a zero gradient only the decay moves parameters: kernels shrink, biases / 1-d params stay.
+    tx = train.create_optimizer(config)
+    params = {"dense": {"kernel": np.ones((2, 3), np.float32), "bias": np.ones(3, np.float32)}}
+    state = tx.init(params)
+    grads = jax.tree.map(np.zeros_like, params)
+    for _ in range(12):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    assert np.all(np.asarray(params["dense"]["kernel"]) < 1.0)
+    np.testing.assert_array_equal(params["dense"]["bias"], np.ones(3))
