@@ -2,8 +2,9 @@
 
 Each entry pairs a linen module with the pure functions the shared training
 loop needs:
-  * ``loss_fn(outputs, batch, *, step, rng, **config.loss) -> (loss, metrics)``
-    (``step``: the training step; ``rng``: a key for losses that sample, e.g. negatives);
+  * ``loss_fn(outputs, batch, *, step, rng, axis_name, **config.loss) -> (loss, metrics)``
+    (``step``: the training step; ``rng``: a key for losses that sample, e.g. negatives;
+    ``axis_name``: the pmap axis, for losses that look across devices, e.g. global negatives);
   * ``predict_fn(outputs, batch) -> (spans [B, N, 2], scores [B, N])``, spans as a
     fraction of the video duration; the host turns them into seconds, applies the
     evaluation protocol (NMS, top-k) and computes recall;

@@ -230,7 +230,7 @@ def _loss_and_grads(state: TrainState, batch: dict[str, jax.Array], loss_fn: Cal
 
     def compute_loss(params):
         outputs = state.apply_fn({"params": params}, batch, train=True, rngs={"dropout": rng})
-        return loss_fn(outputs, batch, step=state.step, rng=loss_rng, **loss_config)
+        return loss_fn(outputs, batch, step=state.step, rng=loss_rng, axis_name=axis_name, **loss_config)
 
     (_, step_metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
     return step_metrics, grads

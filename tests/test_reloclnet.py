@@ -187,8 +187,8 @@ def test_loss_terms_and_switches(model_and_outputs):
     # ReLoNet: both contrastive terms off.
     relonet, m = rl.loss_fn(out, batch, **dict(loss_config, use_video_cl=False, use_frame_cl=False))
     assert set(m) == {"loss", "retrieval_loss", "localization_loss"}
-    assert float(relonet) == pytest.approx(float(metrics["retrieval_loss"] + 0.01 * metrics["localization_loss"]),
-                                           rel=1e-6)
+    expected = metrics["retrieval_loss"] + loss_config["localization_weight"] * metrics["localization_loss"]
+    assert float(relonet) == pytest.approx(float(expected), rel=1e-6)
     # The retrieval term is the mean over examples of both hinge directions on phi.
     phi = rl.retrieval_scores(out["query"], out["context"], batch["video_mask"])
     ctx, qry = rl.hinge_ranking(phi, rl.negative_mask(batch["video_index"], batch["example_mask"]), 0.1)
@@ -339,3 +339,29 @@ def test_hard_negatives_start_at_the_configured_step(model_and_outputs):
     assert late == pytest.approx(float(np.mean(10.0 + hardest + hardest_q - 2 * np.diagonal(phi))), rel=1e-5)
     early = float(rl.loss_fn(out, batch, step=jnp.asarray(9), rng=key, **loss_config)[0])
     assert early < late
+
+
+def test_global_negatives_across_devices_equal_the_global_batch(model_and_outputs):
+    """Split over 3 'devices' (vmap with an axis name, as pmap), each device's negatives are the
+    all-gathered batch: the mean of the device losses and its gradient equal the one-device loss."""
+    cfg, _, _, batch, out = model_and_outputs
+    loss_config = dict(cfg.loss.to_dict(), localization_weight=0.5)
+    keys = ("query", "local_query", "video_cl_query", "context", "context_mid", "video_cl_context", "video_mask",
+            "start_logits", "end_logits")
+    out = {k: out[k] for k in keys}
+
+    def split(tree):
+        return jax.tree.map(lambda x: x.reshape((3, x.shape[0] // 3) + x.shape[1:]), tree)
+
+    def device_mean(o, global_negatives=True):
+        settings = dict(loss_config, global_negatives=global_negatives)
+        per_device = jax.vmap(lambda oo, bb: rl.loss_fn(oo, bb, axis_name="d", **settings)[0], axis_name="d")
+        return jnp.mean(per_device(split(o), split(batch)))
+
+    whole = lambda o: rl.loss_fn(o, batch, **loss_config)[0]  # noqa: E731
+    assert float(device_mean(out)) == pytest.approx(float(whole(out)), rel=1e-5)
+    g_dev, g_whole = jax.grad(device_mean)(out), jax.grad(whole)(out)
+    for k in keys:
+        np.testing.assert_allclose(g_dev[k], g_whole[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    # Per-device negatives (fewer, none across devices) give another loss.
+    assert float(device_mean(out, global_negatives=False)) != pytest.approx(float(whole(out)), rel=1e-3)

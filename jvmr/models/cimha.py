@@ -376,6 +376,7 @@ def loss_fn(
     *,
     step: Array | None = None,
     rng: Array | None = None,
+    axis_name: str | None = None,
     start_weight: float = 1.0,
     end_weight: float = 1.0,
     segment_weight: float = 1.0,
@@ -398,7 +399,7 @@ def loss_fn(
     Returns:
       (loss, {'loss', 'start_loss', 'end_loss', 'segment_loss'}).
     """
-    del step, rng  # Deterministic loss.
+    del step, rng, axis_name  # Deterministic, per-example loss.
     vmask = outputs["video_mask"]
     start, end = boundary_indices(batch["gt_span"], vmask)
     has_clips = (sequence_lengths(vmask) > 0).astype(jnp.float32)

@@ -433,6 +433,7 @@ def loss_fn(
     *,
     step: Array | None = None,
     rng: Array | None = None,
+    axis_name: str | None = None,
     label_mode: str = "iou",
     reg_mode: str = "paper",
     reg_weight: float = 1.0,
@@ -467,7 +468,7 @@ def loss_fn(
     Returns:
       (loss, {'loss', 'align_loss', 'reg_loss'}).
     """
-    del step, rng  # Deterministic loss.
+    del step, rng, axis_name  # Deterministic, per-example loss.
     if reg_mode not in REG_MODES:
         raise ValueError(f"reg_mode must be one of {REG_MODES}, got {reg_mode!r}")
     logits = outputs["anchor_logits"]

@@ -59,6 +59,7 @@ each other's positives.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -321,26 +322,27 @@ class ReLoCLNet(nn.Module):
 # ----------------------------------------------------------------------------- losses
 
 
-def negative_mask(video_index: Array, example_mask: Array) -> Array:
-    """[B, B] True where example j is a valid negative of example i: another video, both real."""
-    valid = example_mask > 0
-    return (video_index[:, None] != video_index[None, :]) & valid[:, None] & valid[None, :]
+def negative_mask(video_index: Array, example_mask: Array, column_index: Array | None = None,
+                  column_mask: Array | None = None) -> Array:
+    """[B, Bc] True where example j (a column) is a valid negative of example i: another video, both real.
 
-
-def hinge_ranking(scores: Array, negatives: Array, margin: float, *, mode: str = "mean",
-                  rng: Array | None = None, hard_pool_size: int = 0) -> tuple[Array, Array]:
-    """Per-example hinge terms [B] of both directions, for scores [Bq, Bv] with positives on the diagonal.
-
-    mode 'mean' (the paper): max(0, margin + mean_j phi'_ij - phi_ii) with phi' over the
-    negatives j of i; 'sampled' (released): one negative drawn uniformly per example
-    (``rng``), among the ``hard_pool_size`` highest-scoring negatives when > 0.
-    Returns (negative-video term, negative-query term); 0 for an example without negatives.
+    Columns default to the rows (in-batch negatives); under pmap they are the global batch.
     """
+    if column_index is None:
+        column_index, column_mask = video_index, example_mask
+    return ((video_index[:, None] != column_index[None, :]) & (example_mask > 0)[:, None]
+            & (column_mask > 0)[None, :])
+
+
+def _hinge_terms(q2v: Array, v2q: Array, positive: Array, negatives: Array, margin: float, *, mode: str,
+                 rng: Array | None, hard_pool_size: int) -> tuple[Array, Array]:
+    """Both hinge directions for rows i: q2v[i, j] = phi(query i, video j), v2q[i, j] = phi(query j, video i)."""
     if mode not in VR_NEGATIVES:
         raise ValueError(f"loss.vr_negatives must be one of {VR_NEGATIVES}, got {mode!r}")
-    positive = jnp.diagonal(scores)
+    if mode == "sampled" and rng is None:
+        raise ValueError("vr_negatives='sampled' needs an rng")
 
-    def one_direction(s, key):  # s [B, B]: row i holds i's negatives' scores
+    def one_direction(s, key):  # row i holds i's negatives' scores
         has = jnp.any(negatives, axis=1)
         if mode == "mean":
             neg = jnp.sum(jnp.where(negatives, s, 0.0), axis=1) / jnp.maximum(jnp.sum(negatives, axis=1), 1)
@@ -355,9 +357,27 @@ def hinge_ranking(scores: Array, negatives: Array, margin: float, *, mode: str =
         return jnp.where(has, jax.nn.relu(margin + neg - positive), 0.0)
 
     keys = jax.random.split(rng, 2) if rng is not None else (None, None)
-    if mode == "sampled" and rng is None:
-        raise ValueError("vr_negatives='sampled' needs an rng")
-    return one_direction(scores, keys[0]), one_direction(scores.T, keys[1])
+    return one_direction(q2v, keys[0]), one_direction(v2q, keys[1])
+
+
+def hinge_ranking(scores: Array, negatives: Array, margin: float, *, mode: str = "mean",
+                  rng: Array | None = None, hard_pool_size: int = 0) -> tuple[Array, Array]:
+    """Per-example hinge terms [B] of both directions, for in-batch scores [Bq, Bv] (positives on the diagonal).
+
+    mode 'mean' (the paper): max(0, margin + mean_j phi'_ij - phi_ii) with phi' over the
+    negatives j of i; 'sampled' (released): one negative drawn uniformly per example
+    (``rng``), among the ``hard_pool_size`` highest-scoring negatives when > 0.
+    Returns (negative-video term, negative-query term); 0 for an example without negatives.
+    """
+    return _hinge_terms(scores, scores.T, jnp.diagonal(scores), negatives, margin, mode=mode, rng=rng,
+                        hard_pool_size=hard_pool_size)
+
+
+def _info_nce_terms(q2v: Array, v2q: Array, positive: Array, negatives: Array) -> Array:
+    """-log e^{pos_i} / (e^{pos_i} + sum_{j in N(i)} e^{q2v_ij} + e^{v2q_ij}) for rows i."""
+    everything = jnp.concatenate([positive[:, None], jnp.where(negatives, q2v, -jnp.inf),
+                                  jnp.where(negatives, v2q, -jnp.inf)], axis=1)
+    return jax.nn.logsumexp(everything, axis=1) - positive
 
 
 def video_contrastive(scores: Array, negatives: Array) -> Array:
@@ -365,11 +385,7 @@ def video_contrastive(scores: Array, negatives: Array) -> Array:
 
     scores [Bv, Bq] (video i / query j); negatives [B, B] (:func:`negative_mask`).
     """
-    positive = jnp.diagonal(scores)
-    neg_rows = jnp.where(negatives, scores.T, -jnp.inf)  # row i: videos j against query i
-    neg_cols = jnp.where(negatives, scores, -jnp.inf)  # row i: video i against queries j
-    everything = jnp.concatenate([positive[:, None], neg_rows, neg_cols], axis=1)
-    return jax.nn.logsumexp(everything, axis=1) - positive
+    return _info_nce_terms(scores.T, scores, jnp.diagonal(scores), negatives)
 
 
 def frame_contrastive(scores: Array, inside: Array, mask: Array) -> Array:
@@ -396,6 +412,8 @@ def loss_fn(
     *,
     step: Array | None = None,
     rng: Array | None = None,
+    axis_name: str | None = None,
+    global_negatives: bool = True,
     use_video_retrieval: bool = True,
     use_localization: bool = True,
     use_video_cl: bool = True,
@@ -412,23 +430,35 @@ def loss_fn(
     """L = w_VR L^VR + w_ML L^ML + w_VideoCL L^VideoCL + w_FrameCL L^FrameCL (each term switchable;
     ReLoNet = both CL terms off). Negatives are the batch's other videos (:func:`negative_mask`);
     with ``vr_negatives='sampled'`` hard negatives start at ``hard_negative_start_step`` (-1: never).
+    Under pmap (``axis_name``) the negatives come from the global batch (all-gathered; gradients
+    flow back to the device that holds them) unless ``global_negatives=False``.
     Returns (loss, metrics of every active term)."""
     weights = batch["example_mask"].astype(jnp.float32)
-    negatives = negative_mask(batch["video_index"], weights)
     mask = outputs["video_mask"]
+    rows = jnp.arange(weights.shape[0])
+    if axis_name is not None and global_negatives:
+        cols = lambda x: jax.lax.all_gather(x, axis_name, tiled=True)  # noqa: E731
+        own = rows + jax.lax.axis_index(axis_name) * weights.shape[0]  # each row's column in the global batch
+    else:
+        cols = lambda x: x  # noqa: E731
+        own = rows
+    negatives = negative_mask(batch["video_index"], weights, cols(batch["video_index"]), cols(weights))
     metrics: dict[str, Array] = {}
     total = jnp.zeros((), jnp.float32)
     if use_video_retrieval:
-        phi = retrieval_scores(outputs["query"], outputs["context"], mask)
+        q2v = retrieval_scores(outputs["query"], cols(outputs["context"]), cols(mask))  # [B, Bc]
+        v2q = retrieval_scores(cols(outputs["query"]), outputs["context"], mask).T  # video i vs query j
+        positive = q2v[rows, own]
+        hinge = functools.partial(_hinge_terms, q2v, v2q, positive, negatives, margin)
         if vr_negatives == "sampled" and hard_negative_start_step >= 0:
             if step is None:
                 raise ValueError("hard negatives need the training step")
-            easy = hinge_ranking(phi, negatives, margin, mode="sampled", rng=rng)
-            hard = hinge_ranking(phi, negatives, margin, mode="sampled", rng=rng, hard_pool_size=hard_pool_size)
+            easy = hinge(mode="sampled", rng=rng, hard_pool_size=0)
+            hard = hinge(mode="sampled", rng=rng, hard_pool_size=hard_pool_size)
             late = step >= hard_negative_start_step
             ctx, qry = (jnp.where(late, h, e) for h, e in zip(hard, easy))
         else:
-            ctx, qry = hinge_ranking(phi, negatives, margin, mode=vr_negatives, rng=rng)
+            ctx, qry = hinge(mode=vr_negatives, rng=rng, hard_pool_size=0)
         metrics["retrieval_loss"] = _example_mean(ctx + qry, weights)
         total = total + retrieval_weight * metrics["retrieval_loss"]
     if use_localization:
@@ -439,14 +469,21 @@ def loss_fn(
             0.5 * (nll(outputs["start_logits"], start) + nll(outputs["end_logits"], end)), weights)
         total = total + localization_weight * metrics["localization_loss"]
     if use_video_cl:
-        if "video_cl_context" in outputs:  # paper: f(c_m) . g(q_m) [Bv, Bq] per stream
-            scores = jnp.einsum("vmd,qmd->mvq", outputs["video_cl_context"], outputs["video_cl_query"])
+        if "video_cl_context" in outputs:  # paper: f(c_m) . g(q_m) per stream -> [M, B, Bc]
+            def vcl(video, query, video_mask):
+                del video_mask
+                return jnp.einsum("vmd,qmd->mvq", video, query)
+            video, query = outputs["video_cl_context"], outputs["video_cl_query"]
         else:  # released: max over clips of h'_{m,t} . q_m, averaged over the streams, one NCE
-            scores = jnp.max(jnp.where(
-                (mask > 0)[None, :, None, :],
-                jnp.einsum("vmtd,qmd->mvqt", outputs["context_mid"], outputs["query"]), -jnp.inf), axis=-1)
-            scores = jnp.mean(scores, axis=0, keepdims=True)
-        terms = jnp.mean(jax.vmap(video_contrastive, in_axes=(0, None))(scores, negatives), axis=0)
+            def vcl(video, query, video_mask):
+                s = jnp.einsum("vmtd,qmd->mvqt", video, query)
+                s = jnp.max(jnp.where((video_mask > 0)[None, :, None, :], s, -jnp.inf), axis=-1)
+                return jnp.mean(s, axis=0, keepdims=True)
+            video, query = outputs["context_mid"], outputs["query"]
+        q2v = jnp.swapaxes(vcl(cols(video), query, cols(mask)), 1, 2)  # [M, B, Bc]: query i vs video j
+        v2q = vcl(video, cols(query), mask)  # [M, B, Bc]: video i vs query j
+        positive = q2v[:, rows, own]
+        terms = jnp.mean(jax.vmap(_info_nce_terms, in_axes=(0, 0, 0, None))(q2v, v2q, positive, negatives), axis=0)
         metrics["video_cl_loss"] = _example_mean(terms, weights)
         total = total + video_cl_weight * metrics["video_cl_loss"]
     if use_frame_cl:
