@@ -356,8 +356,3 @@ def build(data_dir: str, cfg: CorpusConfig = CorpusConfig(), num_shards: int = 1
     }
     schema.write_text_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-def read_videos(data_dir: str, split: str) -> list[dict[str, Any]]:
-    return synthetic.read_videos(data_dir, split)
-
