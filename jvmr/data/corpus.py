@@ -311,17 +311,13 @@ def build(data_dir: str, cfg: CorpusConfig = CorpusConfig(), num_shards: int = 1
     os.makedirs(data_dir, exist_ok=True)
     manifest_path = os.path.join(data_dir, "manifest.json")
     config = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    old = synthetic.existing_manifest(data_dir)
+    if (old.get("dataset") == "synthetic_corpus" and old.get("config") == config
+            and old.get("generator_version") == [synthetic.GENERATOR_VERSION, CORPUS_VERSION]
+            and old.get("num_shards") == num_shards
+            and all(os.path.exists(p) for s in SPLITS for p in schema.shard_paths(data_dir, s, num_shards))):
+        return old
     if os.path.exists(manifest_path):
-        try:
-            with open(manifest_path, encoding="utf-8") as f:
-                old = json.load(f)
-        except ValueError:
-            old = {}
-        if (old.get("dataset") == "synthetic_corpus" and old.get("config") == config
-                and old.get("generator_version") == [synthetic.GENERATOR_VERSION, CORPUS_VERSION]
-                and old.get("num_shards") == num_shards
-                and all(os.path.exists(p) for s in SPLITS for p in schema.shard_paths(data_dir, s, num_shards))):
-            return old
         os.remove(manifest_path)
     num_examples, num_videos, types, tokens = {}, {}, {}, {}
     for split in SPLITS:

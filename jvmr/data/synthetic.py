@@ -1206,6 +1206,15 @@ def split_statistics(videos: Sequence[Video]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- building
 
 
+def existing_manifest(data_dir: str) -> dict:
+    """``DATA_DIR/manifest.json`` of an earlier build ({} when absent or unreadable: rebuild)."""
+    try:
+        with open(os.path.join(data_dir, "manifest.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def _manifest_matches(data_dir: str, manifest: dict, config: dict, num_shards: int) -> bool:
     if not (manifest.get("dataset") == "synthetic" and manifest.get("config") == config
             and manifest.get("generator_version") == GENERATOR_VERSION
@@ -1229,14 +1238,10 @@ def build(data_dir: str, cfg: SyntheticConfig = SyntheticConfig(), num_shards: i
     os.makedirs(data_dir, exist_ok=True)
     manifest_path = os.path.join(data_dir, "manifest.json")
     config = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    old = existing_manifest(data_dir)
+    if _manifest_matches(data_dir, old, config, num_shards):
+        return old
     if os.path.exists(manifest_path):
-        try:
-            with open(manifest_path, encoding="utf-8") as f:
-                old = json.load(f)
-        except ValueError:  # Unreadable: rebuild.
-            old = {}
-        if _manifest_matches(data_dir, old, config, num_shards):
-            return old
         os.remove(manifest_path)
 
     num_examples, num_videos, stats = {}, {}, {}
