@@ -7,6 +7,11 @@ Writes into ``--output_dir``:
 
 * ``{split}.tfrecord-NNNNN-of-MMMMM``: the examples of each split (``jvmr.data.schema``),
   grouped by video in the order videos first appear in the annotation file;
+* for a query-only split (released without ground truth, e.g. TVR ``test_public``,
+  converted only when named in ``--splits``): ``{split}_queries.tfrecord-*``, one
+  record per query (no video, no ground truth), and ``{split}_corpus.tfrecord-*``,
+  one record per video of the split's entry in the durations file (its features
+  and duration), in that file's order (``jvmr.data.schema.record_set``);
 * ``vocab.txt``: the train split's tokens (``jvmr.data.text.build_vocabulary``); with
   ``--glove`` also the other converted splits' words that GloVe has (after the train
   words, by frequency), so a val/test-only word keeps its GloVe vector instead of
@@ -14,7 +19,10 @@ Writes into ``--output_dir``:
   or ``train+glove``) and ``vocab_non_train_words``, the words not seen in train;
 * ``embeddings.npy``: with ``--glove``, float32 [V, D] vectors aligned with ``vocab.txt``;
 * ``manifest.json``, written last: examples, videos, fixed and skipped records
-  (reason -> count, with example messages) per split, feature dims, clip count,
+  (reason -> count, with example messages) per split, the query-only splits
+  (``query_only_splits``, with ``num_queries``; their corpus is reported as split
+  ``{split}_corpus`` and counted in ``num_videos``; ``num_examples`` holds only the
+  labelled splits, so training never evaluates on them), feature dims, clip count,
   vocabulary size, dependency labels, sha256 of the annotation and durations files
   (feature files are named, not hashed: they run to tens of GB), the options and
   the jvmr version.
@@ -27,6 +35,7 @@ per video, reason -> action:
 | reason                       | action | when                                                      |
 |------------------------------|--------|-----------------------------------------------------------|
 | missing_{stream}_features    | skip   | no features for the video (TVR query stream: the desc_id) |
+| bad_duration                 | skip   | a corpus video whose duration is not a positive number    |
 | nonfinite_{stream}_features  | skip   | NaN or Inf in the features                                |
 | bad_{stream}_features        | skip   | unreadable, not [T, D], or T = 0                          |
 | wrong_{stream}_feature_dim   | skip   | D differs from ``--feature_dim`` (video) or from the first video read (other streams) |
@@ -200,6 +209,44 @@ def iter_examples(items: Sequence[tuple[annotations.RawRecord, parsing.ParsedQue
                 bar.update(1)
 
 
+def iter_queries(items: Sequence[tuple[annotations.RawRecord, parsing.ParsedQuery]], streams: FeatureStreams,
+                 report: annotations.Report, dims: dict[str, int], l2_normalize: bool = False
+                 ) -> Iterator[schema.Example]:
+    """The query records of a query-only split (no video, no ground truth)."""
+    for rec, parsed in items:
+        query_feats = None
+        if streams.query is not None:
+            query_feats = load_stream(streams.query, "query", rec.qid, dims, report, needed_by=rec.where, count=1,
+                                      l2_normalize=l2_normalize)
+            if query_feats is None:
+                continue
+        yield schema.query_record(rec.qid, rec.query, parsed.tokens, parsed.heads, parsed.labels,
+                                  query_type=rec.query_type, query_features=query_feats)
+
+
+def iter_corpus(videos: dict[str, float], streams: FeatureStreams, report: annotations.Report,
+                dims: dict[str, int], source: str, num_clips: int = 0, l2_normalize: bool = False
+                ) -> Iterator[schema.Example]:
+    """The corpus records of a query-only split: each of ``videos`` (vid -> duration, listed in
+    ``source``) with its features; every video is counted in ``report``, written or skipped."""
+    load = functools.partial(load_stream, dims=dims, report=report, count=1, num_clips=num_clips,
+                             l2_normalize=l2_normalize)
+    for vid, duration in videos.items():
+        report.num_records += 1
+        needed_by = f"corpus video listed in {source}"
+        if not (math.isfinite(duration) and duration > 0):
+            report.skip("bad_duration", f"{source}: corpus video {vid!r}: duration {duration!r} is not a "
+                        f"positive number")
+            continue
+        video = load(streams.video, "video", vid, needed_by=needed_by)
+        subtitle = None
+        if video is not None and streams.subtitle is not None:
+            subtitle = load(streams.subtitle, "subtitle", vid, needed_by=needed_by)
+        if video is None or (streams.subtitle is not None and subtitle is None):
+            continue
+        yield schema.video_record(vid, float(duration), video, subtitle)
+
+
 def resolve_durations(spec: annotations.DatasetSpec, annotations_path: str, durations: str = ""
                       ) -> tuple[dict[str, float] | None, str]:
     """Loads the durations file (``durations``, else the dataset's file beside the annotations)."""
@@ -213,6 +260,40 @@ def resolve_durations(spec: annotations.DatasetSpec, annotations_path: str, dura
                 f"{spec.name} needs video durations: no {spec.durations_file} beside {annotations_path}; "
                 f"pass --durations=FILE (charades.json or Charades_v1_*.csv)")
     return (annotations.load_durations(durations) if durations else None), durations
+
+
+def corpus_videos(spec: annotations.DatasetSpec, split: str, durations_path: str, annotations_path: str
+                  ) -> dict[str, float]:
+    """The corpus of a query-only split: vid -> duration, every video of the split's entry in the durations file."""
+    if not durations_path:
+        raise annotations.AnnotationError(
+            f"split {split!r} has no ground truth: its corpus is the videos of its entry in "
+            f"{spec.durations_file or 'a per-split durations file'}, which is not beside {annotations_path}; "
+            f"pass --durations=FILE")
+    videos = annotations.load_durations(durations_path, split)
+    if not videos:
+        raise annotations.AnnotationError(f"{durations_path}: the {split!r} entry lists no video")
+    return videos
+
+
+def write_records(args: argparse.Namespace, examples: Iterable[schema.Example], report: annotations.Report,
+                  num_items: int, split: str, kind: str, source: str) -> int:
+    """Writes one record set (``schema.record_set(split, kind)``) and checks that every record ``report``
+    read is written or skipped; returns the number written."""
+    name = schema.record_set(split, kind)
+    shards = args.num_shards or max(1, math.ceil(num_items / 4096))
+    schema.remove_stale_shards(args.output_dir, name, shards)
+    n = schema.write_split(examples, args.output_dir, name, shards, source=source, kind=kind)
+    accounted = n + sum(report.skipped.values())
+    if accounted != report.num_records:  # A bug, never the data: every record must be accounted for.
+        raise RuntimeError(f"{report.split}: {report.num_records} records read but {n} written and "
+                           f"{sum(report.skipped.values())} skipped")
+    if report.num_records and not n:
+        print(annotations.format_reports([report]), file=sys.stderr)
+        raise annotations.AnnotationError(
+            f"{source}: nothing converted in split {report.split!r}: all {report.num_records} "
+            f"records were skipped (see the table above)")
+    return n
 
 
 # ----------------------------------------------------------------------------- command
@@ -243,7 +324,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", required=True, help="video features: folder of <vid>.npy, HDF5 file, "
                    "or folder of <vid>.h5")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--splits", default="", help="comma-separated splits to convert (default: all found)")
+    p.add_argument("--splits", default="", help="comma-separated splits to convert (default: all found but the "
+                   "query-only ones, e.g. TVR test_public, converted only when named)")
     p.add_argument("--durations", default="", help="durations file (Charades-STA: charades.json or "
                    "Charades_v1_*.csv; TVR: tvr_video2dur_idx.json); default: the usual file beside the annotations")
     p.add_argument("--feature_format", default="auto", choices=("auto",) + features.FORMATS)
@@ -285,8 +367,15 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     if os.path.exists(manifest_path):  # Never leave a manifest that describes a half-rewritten folder.
         os.remove(manifest_path)
 
-    reports = {split: annotations.Report(split, args.strict) for split in split_files}
-    records = {split: annotations.read_split(spec, path, reports[split], durations)
+    query_only = [split for split in split_files if split in spec.unlabeled_splits]
+    corpora = {split: corpus_videos(spec, split, durations_path, args.annotations) for split in query_only}
+    reports = {}
+    for split in split_files:
+        reports[split] = annotations.Report(split, args.strict)
+        if split in query_only:  # The corpus is reported as a split of its own: every listed video is accounted for.
+            reports[schema.record_set(split, "video")] = annotations.Report(schema.record_set(split, "video"),
+                                                                            args.strict)
+    records = {split: annotations.read_split(spec, path, reports[split], durations, labelled=split not in query_only)
                for split, path in split_files.items()}
     parse = make_parser(args.parser, args.parser_model, args.parser_batch_size)
     parsed = {split: parse_queries(records[split], parse, reports[split], progress=progress,
@@ -297,12 +386,11 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         del dims["video"]
     streams = open_streams(args.features, args.feature_format, args.feature_key, args.subtitle_features,
                            args.query_features)
-    num_examples, num_videos, query_types, tokens = {}, {}, {}, {}
+    num_examples, num_queries, num_videos, query_types, tokens = {}, {}, {}, {}, {}
     labels: collections.Counter[str] = collections.Counter()
     try:
         for split, items in parsed.items():
             report = reports[split]
-            shards = args.num_shards or max(1, math.ceil(len(items) / 4096))
             written: list[tuple[str, str, list[str], list[str]]] = []  # (vid, query_type, tokens, labels).
 
             def track(examples: Iterable[schema.Example]) -> Iterator[schema.Example]:
@@ -310,21 +398,20 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                     written.append((ex.vid, ex.query_type, ex.tokens, ex.dep_labels))
                     yield ex
 
-            schema.remove_stale_shards(args.output_dir, split, shards)
-            examples = iter_examples(items, streams, report, dims, args.num_clips, args.l2_normalize,
-                                     progress=progress, desc=f"{split}: write")
-            n = schema.write_split(track(examples), args.output_dir, split, shards, source=split_files[split])
-            accounted = n + sum(report.skipped.values())
-            if accounted != report.num_records:  # A bug, never the data: every record must be accounted for.
-                raise RuntimeError(f"{split}: {report.num_records} records read but {n} written and "
-                                   f"{sum(report.skipped.values())} skipped")
-            if report.num_records and not n:
-                print(annotations.format_reports([report]), file=sys.stderr)
-                raise annotations.AnnotationError(
-                    f"{split_files[split]}: nothing converted in split {split!r}: all {report.num_records} "
-                    f"records were skipped (see the table above)")
-            num_examples[split] = n
-            num_videos[split] = len({w[0] for w in written})
+            if split in query_only:
+                num_queries[split] = write_records(args, track(iter_queries(items, streams, report, dims,
+                                                                            args.l2_normalize)),
+                                                   report, len(items), split, "query", split_files[split])
+                corpus = reports[schema.record_set(split, "video")]
+                num_videos[split] = write_records(
+                    args, iter_corpus(corpora[split], streams, corpus, dims, durations_path, args.num_clips,
+                                      args.l2_normalize), corpus, len(corpora[split]), split, "video", durations_path)
+            else:
+                examples = iter_examples(items, streams, report, dims, args.num_clips, args.l2_normalize,
+                                         progress=progress, desc=f"{split}: write")
+                num_examples[split] = write_records(args, track(examples), report, len(items), split, "example",
+                                                    split_files[split])
+                num_videos[split] = len({w[0] for w in written})
             query_types[split] = dict(sorted(collections.Counter(w[1] for w in written).items()))
             tokens[split] = [w[2] for w in written]
             labels.update(label for w in written for label in w[3])
@@ -343,7 +430,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     manifest = {
         "dataset": spec.name,
         "splits": list(split_files),
+        "query_only_splits": query_only,
         "num_examples": num_examples,
+        "num_queries": num_queries,
         "num_videos": num_videos,
         "num_records": {s: r.num_records for s, r in reports.items()},
         "skipped": {s: dict(sorted(r.skipped.items())) for s, r in reports.items()},
@@ -366,14 +455,20 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         "sources": {os.path.abspath(p): _sha256(p) for p in sources},
         "options": vars(args),
         "jvmr_version": _jvmr_version(),
-        "num_shards": {s: len(schema.split_files(args.output_dir, s)) for s in num_examples},
+        "num_shards": {s: len(schema.split_files(args.output_dir, s)) for s in list(num_examples) + [
+            schema.record_set(q, kind) for q in query_only for kind in ("query", "video")]},
         "build_seconds": round(time.time() - start, 1),
     }
     schema.write_text_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(annotations.format_reports(reports.values()))
     for split in split_files:
-        print(f"{split}: {num_examples[split]} examples of {reports[split].num_records} records, "
-              f"{num_videos[split]} videos")
+        if split in query_only:
+            print(f"{split} (query-only): {num_queries[split]} queries of {reports[split].num_records} records, "
+                  f"corpus {num_videos[split]} videos of "
+                  f"{reports[schema.record_set(split, 'video')].num_records} listed")
+        else:
+            print(f"{split}: {num_examples[split]} examples of {reports[split].num_records} records, "
+                  f"{num_videos[split]} videos")
     print(f"wrote {args.output_dir} in {manifest['build_seconds']} s (vocabulary {len(vocab)} words, "
           f"video features {manifest['feature_dim']}-d)")
     return manifest

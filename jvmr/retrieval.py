@@ -2,16 +2,19 @@
 
 For unimodal-encoder models (ReLoCLNet): a :class:`CorpusIndex` holds every clip
 of every video of a corpus, unpadded (video v owns rows ``offsets[v]:offsets[v+1]``),
-per stream: the L2-normalised retrieval keys and the raw context vectors H_m.
-:func:`search` scores a batch of queries against all of it in matrix products:
+per stream: the context vectors H_m and their norms. :class:`CorpusSearcher` scores
+a batch of queries against all of it:
 
-1. VR: phi[q, v] = mean_m max_{t in v} cos(q_m, h_{m,t}) (the model's retrieval score);
+1. VR: phi[q, v] = mean_m max_{t in v} cos(q_m, h_{m,t}) (the model's retrieval score),
+   one matrix product per block of whole videos reduced to per-video maxima in cache;
    the ``num_videos`` best videos per query;
 2. localisation inside each of them with the model's own head (S_t = mean_m h_{m,t} . q'_m,
-   Conv1D start / end, softmax over the video's clips);
+   Conv1D start / end, softmax over the video's clips), each video read once for all
+   the batch's queries that retrieved it;
 3. VCMR: every (video, i, j) with ``min_len <= j - i + 1 <= max_len`` clips ranked by
    ``alpha * phi + log P_start(i) + log P_end(j)`` (the released inference's
-   exp(alpha * phi) P_start P_end, in log space); the ``num_moments`` best.
+   exp(alpha * phi) P_start P_end, in log space); the ``num_moments`` best, found
+   exactly without scoring every (i, j) (:func:`rank_moments`).
 
 Clip t of a video's n clips covers [t / n, (t + 1) / n] of its duration (the
 training grid's convention, ``jvmr.models.spans``).
@@ -19,6 +22,7 @@ training grid's convention, ``jvmr.models.spans``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -32,9 +36,10 @@ import numpy as np
 from jvmr import metrics as metrics_lib
 from jvmr.models import reloclnet
 from jvmr.models.layers import masked_log_softmax
+from jvmr.models.reloclnet import localization_conv
 
-INDEX_VERSION = 1
-_ARRAYS = ("durations", "offsets", "keys", "context")
+INDEX_VERSION = 2
+_ARRAYS = ("durations", "offsets", "norms", "context")
 
 
 @dataclasses.dataclass
@@ -45,8 +50,8 @@ class CorpusIndex:
       vids: [V] video ids.
       durations: [V] float32 seconds.
       offsets: [V + 1] int64: video v's clips are rows offsets[v]:offsets[v + 1].
-      keys: [M, C, d] float32 L2-normalised H_m rows (retrieval).
-      context: [M, C, d] float32 H_m rows (localisation).
+      norms: [M, C] float32 L2 norms of the H_m rows (retrieval reads cosines).
+      context: [M, C, d] float32 H_m rows.
       info: what built it (model name and settings, vocabulary hash): a search
         with another model is refused.
     """
@@ -54,7 +59,7 @@ class CorpusIndex:
     vids: list[str]
     durations: np.ndarray
     offsets: np.ndarray
-    keys: np.ndarray
+    norms: np.ndarray
     context: np.ndarray
     info: dict[str, Any]
 
@@ -91,6 +96,15 @@ class CorpusIndex:
         return cls(vids=list(meta["vids"]), info=meta["info"], **arrays)
 
 
+def clip_norms(context: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """[M, C] L2 norms of the context rows [M, C, d] (clamped like :func:`reloclnet.l2_normalize`)."""
+    out = np.empty(context.shape[:2], np.float32)
+    for a in range(0, context.shape[1], chunk):
+        c = np.asarray(context[:, a:a + chunk])
+        out[:, a:a + chunk] = np.sqrt(np.einsum("mcd,mcd->mc", c, c))
+    return np.maximum(out, reloclnet.COSINE_EPS)
+
+
 def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], info: Mapping[str, Any]) -> CorpusIndex:
     """Encodes each distinct video of ``batches`` once.
 
@@ -113,6 +127,8 @@ def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], inf
                 continue
             seen.add(names[i])
             n = int(np.sum(batch["video_mask"][i] > 0))
+            if n < 1:
+                raise ValueError(f"video {names[i]!r} has no valid clip (video_mask all zero): cannot index it")
             vids.append(names[i])
             durations.append(float(batch["duration"][i]))
             rows.append(context[i, :, :n])
@@ -120,9 +136,24 @@ def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], inf
         raise ValueError("no video to index")
     offsets = np.concatenate([[0], np.cumsum([r.shape[1] for r in rows])]).astype(np.int64)
     context = np.concatenate(rows, axis=1).astype(np.float32)
-    keys = context / np.maximum(np.linalg.norm(context, axis=-1, keepdims=True), reloclnet.COSINE_EPS)
-    return CorpusIndex(vids=vids, durations=np.asarray(durations, np.float32), offsets=offsets, keys=keys,
-                       context=context, info=dict(info))
+    return CorpusIndex(vids=vids, durations=np.asarray(durations, np.float32), offsets=offsets,
+                       norms=clip_norms(context), context=context, info=dict(info))
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnSettings:
+    """The approximate VR path: per stream, a faiss inverted-file index over the unit clip vectors
+    (``nlist`` k-means lists, 0 = about 4 sqrt(clips) with >= 39 clips each; 8-bit scalar-quantised codes); a query probes
+    ``nprobe`` lists per stream for its ``clips_per_stream`` best clips, ranks their videos by the
+    scores seen (a stream without a seen clip counts its lowest seen score), and re-scores the
+    ``rescore`` best of them exactly (phi from every clip)."""
+
+    nlist: int = 0
+    nprobe: int = 64
+    clips_per_stream: int = 1000
+    rescore: int = 200
+    train_size: int = 100_000  # k-means sample (at least 40 per list)
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,118 +169,360 @@ class SearchSettings:
     max_len: int = 0
 
 
-def _device_index(index: CorpusIndex) -> dict[str, jax.Array]:
+def _log_softmax(logits: jax.Array, valid: jax.Array) -> jax.Array:
+    return jnp.where(valid, masked_log_softmax(logits, valid), -jnp.inf)
+
+
+def _shift_left(x: jax.Array, s: int, fill: float) -> jax.Array:
+    """y[..., t] = x[..., t + s] (``fill`` past the end)."""
+    if s == 0:
+        return x
+    pad = jnp.full(x.shape[:-1] + (s,), fill, x.dtype)
+    return jnp.concatenate([x[..., s:], pad], axis=-1)[..., :x.shape[-1]]
+
+
+@dataclasses.dataclass
+class _Bucket:
+    """Videos whose clip counts round up to one padded length L, in blocks of G videos.
+
+    host_keys: [blocks, M, G * L, d] unit rows (a video's last clip repeated up to L, so the
+    maximum over its rows is the maximum over its clips) and ``keys``, the same on the
+    device (``jax.device_put`` aliases a large host array on CPU); norms: [blocks, M, G * L];
+    videos: [blocks * G] index rows (the last ones repeated to fill the last block).
+    """
+
+    length: int
+    per_block: int
+    videos: np.ndarray
+    num_real: int
+    host_keys: np.ndarray
+    keys: jax.Array
+    norms: np.ndarray
+
+
+def _bucket_layout(index: CorpusIndex, granule: int, block_clips: int, chunk_rows: int = 1 << 18) -> list[_Bucket]:
     lengths = index.lengths
-    clip_video = np.repeat(np.arange(index.num_videos), lengths)
-    return {"keys": jnp.asarray(index.keys), "context": jnp.asarray(index.context),
-            "starts": jnp.asarray(index.offsets[:-1]), "lengths": jnp.asarray(lengths),
-            "clip_video": jnp.asarray(clip_video)}
+    padded = -(-lengths // granule) * granule
+    m, d = index.context.shape[0], index.context.shape[2]
+    buckets = []
+    for length in np.unique(padded):
+        videos = np.flatnonzero(padded == length)
+        per_block = max(1, block_clips // int(length))
+        blocks = -(-len(videos) // per_block)
+        filled = np.concatenate([videos, np.full(blocks * per_block - len(videos), videos[-1])])
+        t = np.minimum(np.arange(length)[None, :], lengths[filled][:, None] - 1)
+        rows = (index.offsets[filled][:, None] + t).reshape(blocks, per_block * length)
+        keys = np.empty((blocks, m, per_block * length, d), np.float32)
+        norms = np.empty((blocks, m, per_block * length), np.float32)
+        step = max(1, chunk_rows // (per_block * int(length)))  # blocks per chunk: bounded extra memory
+        for b in range(0, blocks, step):
+            r = rows[b:b + step]  # [chunk, G * L]
+            n = np.asarray(index.norms)[:, r]  # [M, chunk, G * L]
+            norms[b:b + step] = n.transpose(1, 0, 2)
+            keys[b:b + step] = (np.asarray(index.context[:, r.reshape(-1)]).reshape(m, *r.shape, d)
+                                / n[..., None]).transpose(1, 0, 2, 3)
+        keys.flags.writeable = False  # the device array may alias it (jax.device_put on CPU does not copy)
+        buckets.append(_Bucket(int(length), per_block, filled, len(videos), keys, jax.device_put(keys), norms))
+    return buckets
 
 
-def video_scores(keys: jax.Array, clip_video: jax.Array, num_videos: int, query: jax.Array) -> jax.Array:
-    """phi [Q, V] = mean_m max over each video's clips of cos(q_m, key_{m,t}); keys [M, C, d] unit rows."""
-    q = reloclnet.l2_normalize(query)  # [Q, M, d]
-    sims = jnp.einsum("qmd,mcd->cqm", q, keys)  # [C, Q, M]
-    per_video = jax.ops.segment_max(sims, clip_video, num_segments=num_videos, indices_are_sorted=True)
-    return jnp.mean(per_video, axis=-1).T
+@functools.partial(jax.jit, static_argnames=("length",))
+def _bucket_scores(keys: jax.Array, query: jax.Array, *, length: int) -> jax.Array:
+    """phi [Q, blocks * G] of unit queries [M, Q, d] against one bucket's keys [blocks, M, G * L, d]."""
+    def block(carry, k):
+        s = jnp.einsum("mqd,mcd->mqc", query, k)
+        m, q, c = s.shape
+        return carry, jnp.mean(jnp.max(s.reshape(m, q, c // length, length), axis=3), axis=0)
+    _, out = jax.lax.scan(block, None, keys)  # [blocks, Q, G]
+    return jnp.moveaxis(out, 0, 1).reshape(query.shape[1], -1)
 
 
-def localize(context: jax.Array, starts: jax.Array, lengths: jax.Array, videos: jax.Array, local_query: jax.Array,
-             conv_start: jax.Array, conv_end: jax.Array, max_clips: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Start / end log-probabilities [Q, K, T] of each query in each of its K ``videos`` [Q, K].
+@functools.partial(jax.jit, static_argnames=("lo", "width"))
+def moment_bounds(sims: jax.Array, lengths: jax.Array, video_term: jax.Array, conv_start: jax.Array,
+                  conv_end: jax.Array, *, lo: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Log P_start, log P_end [Q, K, T] and the bound B [Q, K, T] of each start.
 
-    T = ``max_clips`` (>= every video's length); also returns the [Q, K, T] clip mask.
+    sims [Q, K, T]: S_t of each query in each of its K videos (zero past a video's
+    ``lengths`` [Q, K]); video_term [Q, K]. B(k, i) = video_term + log P_start(i) +
+    max log P_end(j) over the allowed ends j in [i + lo, i + lo + width - 1] (the
+    best moment starting at i); -inf outside the video.
     """
-    t = jnp.arange(max_clips)
-    n = lengths[videos]  # [Q, K]
-    mask = (t[None, None, :] < n[..., None]).astype(jnp.float32)
-    rows = jnp.minimum(starts[videos][..., None] + t, context.shape[1] - 1)  # [Q, K, T]
-    q, k = videos.shape
-    ctx = context[:, rows.reshape(-1)].reshape(context.shape[0], q, k, max_clips, -1)  # [M, Q, K, T, d]
-    ctx = jnp.moveaxis(ctx, 0, 2).reshape(q * k, context.shape[0], max_clips, -1)  # [QK, M, T, d]
-    lq = jnp.repeat(local_query, k, axis=0)  # [QK, M, d]
-    start, end = reloclnet.localization_logits(lq, ctx, mask.reshape(q * k, -1), conv_start, conv_end)
-    log_start = masked_log_softmax(start, mask.reshape(q * k, -1)).reshape(q, k, -1)
-    log_end = masked_log_softmax(end, mask.reshape(q * k, -1)).reshape(q, k, -1)
-    return log_start, log_end, mask
+    q, k, t = sims.shape
+    valid = jnp.arange(t) < lengths[..., None]
+    flat = sims.reshape(q * k, t)
+    log_start = _log_softmax(localization_conv(flat, conv_start).reshape(q, k, t), valid)
+    log_end = _log_softmax(localization_conv(flat, conv_end).reshape(q, k, t), valid)
+    best, span = _shift_left(log_end, lo, -jnp.inf), 1  # max over [i + lo, i + lo + span - 1]
+    while 2 * span <= width:
+        best, span = jnp.maximum(best, _shift_left(best, span, -jnp.inf)), 2 * span
+    if span < width:
+        best = jnp.maximum(best, _shift_left(best, width - span, -jnp.inf))
+    return log_start, log_end, jnp.where(valid, video_term[..., None] + log_start + best, -jnp.inf)
 
 
-def rank_moments(video_term: jax.Array, log_start: jax.Array, log_end: jax.Array, mask: jax.Array,
-                 num_moments: int, min_len: int, max_len: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Top ``num_moments`` (k, i, j) by video_term[q, k] + log P_start(i) + log P_end(j).
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), reloclnet.COSINE_EPS)
 
-    Returns (k [Q, N], i [Q, N], j [Q, N], scores [Q, N]; -inf where fewer exist).
+
+def _top(scores: np.ndarray, n: int, ordered: bool = True) -> np.ndarray:
+    """Column indices [Q, n] of each row's n largest scores (best first when ``ordered``)."""
+    part = np.argpartition(scores, scores.shape[1] - n, axis=1)[:, -n:] if n < scores.shape[1] else np.tile(
+        np.arange(scores.shape[1]), (scores.shape[0], 1))
+    if not ordered:
+        return part
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
+def rank_moments(sims: np.ndarray, lengths: np.ndarray, video_term: np.ndarray, conv_start, conv_end, *,
+                 num_moments: int, min_len: int, max_len: int) -> tuple[np.ndarray, ...]:
+    """The ``num_moments`` best (k, i, j) of each query by video_term[q, k] + log P_start(i) + log P_end(j).
+
+    Args: sims [Q, K, T] (S_t of each query in each of its K videos, zero past a video's
+    ``lengths`` [Q, K]); video_term [Q, K]; conv_start / conv_end [ker] kernels.
+    Moments have ``min_len <= j - i + 1 <= max_len`` clips (``max_len`` 0: any).
+
+    Exact without scoring every (i, j): the N-th largest start bound B(k, i)
+    (:func:`moment_bounds`) is a lower bound of the N-th best moment's score, so every
+    one of the N best moments starts at one of the N best (k, i); only those starts'
+    allowed ends are scored. Returns (k, i, j, scores), each [Q, N']; scores -inf where
+    fewer moments exist.
     """
-    q, k, t = log_start.shape
-    i = jnp.arange(t)[:, None]
-    j = jnp.arange(t)[None, :]
-    allowed = (j - i + 1 >= max(min_len, 1))
-    if max_len > 0:
-        allowed = allowed & (j - i + 1 <= max_len)
-    valid = mask > 0
-    allowed = allowed[None, None] & valid[..., :, None] & valid[..., None, :]
-    joint = video_term[..., None, None] + log_start[..., :, None] + log_end[..., None, :]
-    joint = jnp.where(allowed, joint, -jnp.inf).reshape(q, k * t * t)
-    scores, flat = jax.lax.top_k(joint, min(num_moments, k * t * t))
-    return flat // (t * t), (flat // t) % t, flat % t, scores
-
-
-@functools.partial(jax.jit, static_argnames=("num_videos", "max_clips", "settings"))
-def _search(arrays, query, local_query, conv_start, conv_end, *, num_videos: int, max_clips: int,
-            settings: SearchSettings):
-    phi = video_scores(arrays["keys"], arrays["clip_video"], num_videos, query)
-    k = min(settings.num_videos, num_videos)
-    top_phi, top_videos = jax.lax.top_k(phi, k)
-    log_start, log_end, mask = localize(arrays["context"], arrays["starts"], arrays["lengths"], top_videos,
-                                        local_query, conv_start, conv_end, max_clips)
-    which, i, j, scores = rank_moments(settings.alpha * top_phi, log_start, log_end, mask, settings.num_moments,
-                                       settings.min_len, settings.max_len)
-    return top_videos, top_phi, jnp.take_along_axis(top_videos, which, axis=1), i, j, scores
-
-
-@functools.partial(jax.jit, static_argnames=("max_clips", "settings"))
-def _svmr(arrays, videos, local_query, conv_start, conv_end, *, max_clips: int, settings: SearchSettings):
-    log_start, log_end, mask = localize(arrays["context"], arrays["starts"], arrays["lengths"], videos[:, None],
-                                        local_query, conv_start, conv_end, max_clips)
-    _, i, j, scores = rank_moments(jnp.zeros(videos.shape + (1,)), log_start, log_end, mask,
-                                   settings.num_moments, settings.min_len, settings.max_len)
-    return i, j, scores
+    q, k, t = sims.shape
+    lo = max(min_len, 1) - 1  # j - i >= lo
+    width = min(max_len - lo, t - lo) if max_len > 0 else t - lo  # allowed ends per start
+    if width <= 0:
+        raise ValueError(f"no moment length in [{min_len}, {max_len}] fits {t} clips")
+    log_start, log_end, bound = jax.device_get(moment_bounds(
+        sims, lengths, video_term, conv_start, conv_end, lo=lo, width=width))
+    n = min(num_moments, k * t)
+    cand = _top(bound.reshape(q, k * t), n, ordered=False)  # [Q, n] flat (k, i)
+    ck, ci = cand // t, cand % t
+    cj = ci[..., None] + lo + np.arange(width)  # [Q, n, width]
+    ends = (ck[..., None] * t + np.minimum(cj, t - 1)).reshape(q, -1)
+    end_lp = np.take_along_axis(log_end.reshape(q, k * t), ends, axis=1).reshape(cj.shape)
+    end_lp[cj >= t] = -np.inf
+    head = np.take_along_axis(video_term, ck, 1) + np.take_along_axis(log_start.reshape(q, k * t), cand, 1)
+    scores = (head[..., None] + end_lp).reshape(q, n * width)
+    pick = _top(scores, min(num_moments, n * width))
+    which = pick // width
+    return (np.take_along_axis(ck, which, 1), np.take_along_axis(ci, which, 1),
+            np.take_along_axis(cj.reshape(q, -1), pick, 1), np.take_along_axis(scores, pick, 1))
 
 
 class CorpusSearcher:
-    """Exact search over a :class:`CorpusIndex` with a model's query encoder and localisation head."""
+    """Exact search over a :class:`CorpusIndex` with a model's query encoder and localisation head.
+
+    The corpus is laid out once (``__init__``) in buckets of videos of one padded length
+    (clip counts rounded up to ``granule``), in blocks of about ``block_clips`` clips:
+    VR is one jitted scan per bucket, a matrix product per block reduced at once to
+    per-video maxima. Localisation reads each of the batch's top videos once for all
+    the queries that retrieved it (``threads`` host threads). Give it many queries per
+    call (hundreds to thousands): the corpus is read once per call. Only this layout
+    (one float32 copy of the corpus) is kept, not the index's arrays.
+    """
 
     def __init__(self, index: CorpusIndex, conv_start: np.ndarray, conv_end: np.ndarray,
-                 settings: SearchSettings = SearchSettings()):
-        self.index = index
-        self.arrays = _device_index(index)
-        self.conv = (jnp.asarray(conv_start), jnp.asarray(conv_end))
+                 settings: SearchSettings = SearchSettings(), granule: int = 4, block_clips: int = 832,
+                 threads: int = 2, ann: AnnSettings | None = None):
+        if np.any(index.lengths < 1):
+            raise ValueError("CorpusIndex: every video needs at least one clip")
+        self.vids, self.durations, self.lengths = index.vids, np.asarray(index.durations), index.lengths
+        self.num_videos, self.num_streams = index.num_videos, index.context.shape[0]
+        self.conv = (jnp.asarray(conv_start, jnp.float32), jnp.asarray(conv_end, jnp.float32))
         self.settings = settings
-        self.max_clips = int(index.lengths.max())
+        self.max_clips = int(self.lengths.max())
+        self.threads = threads
+        self.buckets = _bucket_layout(index, granule, block_clips)
+        self._where = np.zeros((self.num_videos, 3), np.int64)  # bucket, block, slot of each video
+        for i, b in enumerate(self.buckets):
+            pos = np.arange(b.num_real)
+            self._where[b.videos[:b.num_real]] = np.stack([np.full_like(pos, i), pos // b.per_block,
+                                                           pos % b.per_block], axis=1)
+        self.ann = None
+        if ann is not None:
+            self.build_ann(ann)
 
     def _seconds(self, videos: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        n = self.index.lengths[videos].astype(np.float64)
-        d = self.index.durations[videos].astype(np.float64)
+        n = self.lengths[videos].astype(np.float64)
+        d = self.durations[videos].astype(np.float64)
         return np.stack([i / n * d, (j + 1) / n * d], axis=-1)
 
-    def search(self, query: np.ndarray, local_query: np.ndarray) -> dict[str, np.ndarray]:
-        """VR and VCMR for queries [Q, M, d] (q_m) / [Q, M, d] (q'_m).
+    def video_scores(self, query: np.ndarray) -> np.ndarray:
+        """phi [Q, V] = mean_m max over each video's clips of cos(q_m, h_{m,t}); query [Q, M, d]."""
+        q = jnp.asarray(np.ascontiguousarray(np.moveaxis(_unit(query), 1, 0)))  # [M, Q, d]
+        phi = np.empty((q.shape[1], self.num_videos), np.float32)
+        for b in self.buckets:
+            scores = np.asarray(_bucket_scores(b.keys, q, length=b.length))
+            phi[:, b.videos[:b.num_real]] = scores[:, :b.num_real]
+        return phi
 
-        Returns video_rank [Q, K] (index rows), video_scores [Q, K] (phi), moment_videos [Q, N],
-        moment_spans [Q, N, 2] seconds, moment_scores [Q, N] (-inf: no moment).
+    def _for_each_video(self, videos: np.ndarray, work) -> None:
+        """Calls work(pairs, keys [M, n, d], norms [M, n]) once per distinct video of ``videos`` [Q, K]
+        (index rows; < 0 skipped) with the flat (q * K + k) positions that name it, in threads."""
+        flat = videos.reshape(-1)
+        order = np.argsort(flat, kind="stable")
+        ordered = flat[order]
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1, [len(flat)]])
+        groups = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if ordered[a] >= 0]
+
+        def run(chunk):
+            for first, last in chunk:
+                v = ordered[first]
+                bucket, block, slot = self._where[v]
+                b = self.buckets[bucket]
+                rows = slice(slot * b.length, slot * b.length + self.lengths[v])
+                work(order[first:last], b.host_keys[block, :, rows], b.norms[block, :, rows])
+
+        if self.threads > 1 and len(groups) > 1:
+            with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
+                list(pool.map(run, [groups[i::self.threads] for i in range(self.threads)]))
+        else:
+            run(groups)
+
+    def clip_sims(self, videos: np.ndarray, local_query: np.ndarray) -> np.ndarray:
+        """S [Q, K, T] = mean_m h_{m,t} . q'_m of each query in each of its ``videos`` [Q, K] (zero past a
+        video's end); each video's clips are read once for every query that asks for it."""
+        return self.rescore(videos, None, local_query)[1]
+
+    def rescore(self, videos: np.ndarray, query: np.ndarray | None, local_query: np.ndarray | None = None
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Exact phi [Q, K] (with ``query``; -inf where ``videos`` < 0) and clip similarities S [Q, K, T]
+        (with ``local_query``, :meth:`clip_sims`) of each query in each of its ``videos`` [Q, K], both
+        from one read of each video."""
+        q, k = videos.shape
+        unit = None if query is None else _unit(query)
+        lq = None if local_query is None else np.asarray(local_query, np.float32) / self.num_streams
+        phi = None if query is None else np.full(q * k, -np.inf, np.float32)
+        sims = None if local_query is None else np.zeros((q * k, self.max_clips), np.float32)
+
+        def work(pairs, keys, norms):
+            if unit is not None:
+                rows = unit[pairs // k]  # [P, M, d]
+                phi[pairs] = np.mean([np.max(rows[:, m] @ keys[m].T, axis=1) for m in range(self.num_streams)],
+                                     axis=0)
+            if lq is not None:
+                rows = lq[pairs // k]
+                acc = (rows[:, 0] @ keys[0].T) * norms[0]
+                for m in range(1, self.num_streams):
+                    acc += (rows[:, m] @ keys[m].T) * norms[m]
+                sims[pairs, :keys.shape[1]] = acc
+
+        self._for_each_video(videos, work)
+        return (None if phi is None else phi.reshape(q, k),
+                None if sims is None else sims.reshape(q, k, self.max_clips))
+
+    def _real_rows(self, stream: int):
+        """Yields (unit rows [n, d], owning videos [n]) of every real (not repeated) clip of ``stream``,
+        one block-chunk at a time (no copy of the whole corpus)."""
+        for b in self.buckets:
+            real = np.zeros((b.host_keys.shape[0], b.per_block, b.length), bool)
+            pos = np.arange(b.num_real)
+            owners = b.videos[:b.num_real]
+            real[pos // b.per_block, pos % b.per_block] = np.arange(b.length) < self.lengths[owners][:, None]
+            real = real.reshape(real.shape[0], -1)
+            owner = np.broadcast_to(b.videos.reshape(-1, b.per_block)[:, :, None],
+                                    (real.shape[0], b.per_block, b.length)).reshape(real.shape)
+            step = max(1, (1 << 16) // real.shape[1])
+            for a in range(0, real.shape[0], step):
+                keep = real[a:a + step]
+                yield b.host_keys[a:a + step, stream][keep], owner[a:a + step][keep]
+
+    def build_ann(self, ann: AnnSettings) -> None:
+        """Builds the approximate VR path (:class:`AnnSettings`): one faiss index per stream."""
+        import faiss
+        clips = int(np.sum(self.lengths))
+        nlist = min(ann.nlist or max(1, min(int(4 * np.sqrt(clips)), clips // 39)), clips)  # faiss: >= 39 per list
+        rng = np.random.default_rng(ann.seed)
+        self._ann, self._clip_video = [], []
+        for m in range(self.num_streams):
+            take = np.sort(rng.choice(clips, min(clips, max(ann.train_size, 40 * nlist)), replace=False))
+            sample, seen = [], 0
+            for rows, _ in self._real_rows(m):
+                pick = take[(take >= seen) & (take < seen + len(rows))] - seen
+                sample.append(rows[pick])
+                seen += len(rows)
+            d = sample[0].shape[1]
+            index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+            index.train(np.ascontiguousarray(np.concatenate(sample)))
+            owners = []
+            for rows, owner in self._real_rows(m):  # faiss ids: the order of addition
+                index.add(np.ascontiguousarray(rows))
+                owners.append(owner)
+            index.nprobe = ann.nprobe
+            self._ann.append(index)
+            self._clip_video.append(np.concatenate(owners))
+        self.ann = ann
+
+    def ann_candidates(self, query: np.ndarray) -> np.ndarray:
+        """Approximate VR: the ``rescore`` most promising videos [Q, R] of each query (-1 pads)."""
+        ann = self.ann
+        unit = _unit(query)
+        q = unit.shape[0]
+        seen = np.empty((self.num_streams, q, self.num_videos), np.float32)
+        found = []
+        for m, index in enumerate(self._ann):
+            scores, clips = index.search(np.ascontiguousarray(unit[:, m]), ann.clips_per_stream)
+            ok = clips >= 0
+            vids = np.where(ok, self._clip_video[m][np.maximum(clips, 0)], -1)
+            floor = np.min(np.where(ok, scores, np.inf), axis=1)  # an unseen clip scores at most this
+            seen[m] = np.where(np.isfinite(floor), floor, -1.0)[:, None]
+            rows = np.broadcast_to(np.arange(q)[:, None], vids.shape)
+            np.maximum.at(seen[m], (rows[ok], vids[ok]), scores[ok])
+            found.append(vids)
+        approx = seen.mean(axis=0)  # [Q, V]
+        vids = np.concatenate(found, axis=1)  # [Q, F]
+        score = np.where(vids >= 0, np.take_along_axis(approx, np.maximum(vids, 0), 1), -np.inf)
+        order = np.lexsort((vids, -score), axis=1)
+        vids, score = np.take_along_axis(vids, order, 1), np.take_along_axis(score, order, 1)
+        first = np.concatenate([np.ones((q, 1), bool), vids[:, 1:] != vids[:, :-1]], axis=1) & (vids >= 0)
+        rank = np.cumsum(first, axis=1) - 1
+        cand = np.full((q, ann.rescore), -1, np.int64)
+        keep = first & (rank < ann.rescore)
+        cand[np.nonzero(keep)[0], rank[keep]] = vids[keep]
+        return cand
+
+    def _rank(self, videos: np.ndarray, video_term: np.ndarray, local_query: np.ndarray,
+              sims: np.ndarray | None = None):
+        s = self.settings
+        if sims is None:
+            sims = self.clip_sims(videos, local_query)
+        return rank_moments(sims, self.lengths[videos].astype(np.int32), video_term.astype(np.float32), *self.conv,
+                            num_moments=s.num_moments, min_len=s.min_len, max_len=s.max_len)
+
+    def search(self, query: np.ndarray, local_query: np.ndarray) -> dict[str, np.ndarray]:
+        """VR and VCMR for queries [Q, M, d] (q_m) / [Q, M, d] (q'_m); exact, or approximate VR with ``ann``.
+
+        Returns video_rank [Q, K] (index rows; -1 past the candidates ANN found), video_scores [Q, K]
+        (phi), moment_videos [Q, N], moment_spans [Q, N, 2] seconds, moment_scores [Q, N] (-inf: no moment).
         """
-        videos, phi, mv, i, j, scores = jax.device_get(_search(
-            self.arrays, jnp.asarray(query), jnp.asarray(local_query), *self.conv,
-            num_videos=self.index.num_videos, max_clips=self.max_clips, settings=self.settings))
-        return {"video_rank": videos, "video_scores": phi, "moment_videos": mv,
+        k = min(self.settings.num_videos, self.num_videos)
+        sims = None
+        if self.ann is None:
+            phi = self.video_scores(query)
+            videos = _top(phi, k)
+            top_phi = np.take_along_axis(phi, videos, 1)
+        else:  # candidates -1 (fewer found than asked) score -inf
+            candidates = self.ann_candidates(query)
+            fused = candidates.shape[1] <= k  # every candidate is localised: one read of each video
+            phi, sims = self.rescore(candidates, query, local_query if fused else None)
+            best = _top(phi, min(k, phi.shape[1]))
+            videos, top_phi = np.take_along_axis(candidates, best, 1), np.take_along_axis(phi, best, 1)
+            if fused:
+                sims = np.take_along_axis(sims, best[..., None], 1)
+        term = np.where(videos >= 0, self.settings.alpha * top_phi, -np.inf)
+        which, i, j, scores = self._rank(np.maximum(videos, 0), term, local_query, sims)
+        mv = np.take_along_axis(videos, which, axis=1)
+        return {"video_rank": videos, "video_scores": top_phi, "moment_videos": mv,
                 "moment_spans": self._seconds(mv, i, j), "moment_scores": scores}
 
     def localize_in(self, videos: np.ndarray, local_query: np.ndarray) -> dict[str, np.ndarray]:
         """SVMR: the best moments of each query in a given video (index rows [Q])."""
-        i, j, scores = jax.device_get(_svmr(self.arrays, jnp.asarray(videos), jnp.asarray(local_query), *self.conv,
-                                            max_clips=self.max_clips, settings=self.settings))
-        return {"moment_spans": self._seconds(np.broadcast_to(np.asarray(videos)[:, None], i.shape), i, j),
-                "moment_scores": scores}
+        videos = np.asarray(videos)[:, None]
+        _, i, j, scores = self._rank(videos, np.zeros(videos.shape, np.float32), local_query)
+        return {"moment_spans": self._seconds(np.broadcast_to(videos, i.shape), i, j), "moment_scores": scores}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -268,7 +541,8 @@ def tvr_submission(index: CorpusIndex, qids, queries, vcmr: Mapping[str, np.ndar
         out["VCMR"].append({"desc_id": desc_id, "desc": text, "predictions": rows(
             vcmr["moment_videos"][q], vcmr["moment_spans"][q], vcmr["moment_scores"][q])})
         out["VR"].append({"desc_id": desc_id, "desc": text, "predictions": [
-            [int(v), 0.0, 0.0, float(c)] for v, c in zip(vcmr["video_rank"][q][:max_pred], vcmr["video_scores"][q])]})
+            [int(v), 0.0, 0.0, float(c)] for v, c in zip(vcmr["video_rank"][q], vcmr["video_scores"][q])
+            if v >= 0 and np.isfinite(c)][:max_pred]})
     if svmr is not None:
         out["SVMR"] = []
         for q, (qid, text) in enumerate(zip(qids, queries)):
@@ -298,32 +572,40 @@ def _blocks(submission: Mapping[str, Any], num_queries: int) -> dict[str, tuple[
 
 def evaluate_corpus(encode_query, encode_context, params: Mapping[str, Any],
                     batches: Iterable[Mapping[str, np.ndarray]], settings: SearchSettings,
-                    info: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+                    info: Mapping[str, Any], search_batch: int = 1024, ann: AnnSettings | None = None
+                    ) -> tuple[dict[str, float], dict[str, Any]]:
     """VCMR / SVMR / VR of a split against its own corpus (every video of the split), TVR's evaluator.
 
     ``encode_query`` / ``encode_context``: batch -> the model's encodings; ``params``
-    holds the localisation kernels ``conv_start`` / ``conv_end``. Returns the flat
+    holds the localisation kernels ``conv_start`` / ``conv_end``; ``ann``: approximate VR
+    (:class:`AnnSettings`) instead of the exact search. Returns the flat
     metrics (``VCMR-0.5-r1``, ..., ``{type}/VCMR-0.5-r1``) and the predictions
     (``submission``: the TVR submission; ``metrics``: the full result).
     """
     batches = list(batches)
     index = build_index(encode_context, batches, info)
     row = {v: i for i, v in enumerate(index.vids)}
-    searcher = CorpusSearcher(index, np.asarray(params["conv_start"]), np.asarray(params["conv_end"]), settings)
+    searcher = CorpusSearcher(index, np.asarray(params["conv_start"]), np.asarray(params["conv_end"]), settings,
+                              ann=ann)
     host: dict[str, list] = {k: [] for k in ("qid", "vid", "query", "query_type")}
-    gts, gt_masks, found = [], [], []
+    gts, gt_masks, queries, local_queries = [], [], [], []
     for batch in batches:
         keep = batch["example_mask"] > 0
         enc = encode_query(batch)
-        q, lq = np.asarray(enc["query"])[keep], np.asarray(enc["local_query"])[keep]
-        vids = [v.decode() for v in batch["vid"][keep]]
-        result = searcher.search(q, lq)
-        result.update({f"svmr_{k}": v for k, v in searcher.localize_in(np.asarray([row[v] for v in vids]), lq).items()})
-        found.append(result)
+        queries.append(np.asarray(enc["query"])[keep])
+        local_queries.append(np.asarray(enc["local_query"])[keep])
         for k in host:
             host[k].extend(x.decode() for x in batch[k][keep])
         gts.append(batch["gt_spans"][keep])
         gt_masks.append(batch["gt_spans_mask"][keep] > 0)
+    query, local_query = np.concatenate(queries), np.concatenate(local_queries)
+    found = []
+    for a in range(0, len(query), search_batch):  # the corpus is read once per chunk
+        qs = slice(a, a + search_batch)
+        result = searcher.search(query[qs], local_query[qs])
+        gt_rows = np.asarray([row[v] for v in host["vid"][qs]])
+        result.update({f"svmr_{k}": v for k, v in searcher.localize_in(gt_rows, local_query[qs]).items()})
+        found.append(result)
     merged = {k: np.concatenate([f[k] for f in found]) for k in found[0]}
     gt_vid = np.asarray([row[v] for v in host["vid"]])
     svmr = {"video": gt_vid, "moment_spans": merged["svmr_moment_spans"], "moment_scores": merged["svmr_moment_scores"]}

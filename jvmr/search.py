@@ -1,6 +1,7 @@
 r"""Search a video corpus for a sentence with a trained corpus model (ReLoCLNet).
 
-Build an index of a split's videos (every video encoded once, from the run's latest checkpoint):
+Build an index of a split's videos (every video encoded once, from the run's latest checkpoint; for a
+query-only split such as TVR's test_public, the videos of its corpus):
     python -m jvmr.search --workdir=/tmp/reloclnet --split=test --build_index=/tmp/reloclnet_index
 Query it:
     python -m jvmr.search --index=/tmp/reloclnet_index --query="someone talks about the wedding" --k=10
@@ -34,14 +35,19 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
-    """A trained run: its resolved config, model, parameters (latest or ``step``), vocabulary, data dir."""
-    import orbax.checkpoint as ocp
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config of a run (``WORKDIR/config.json``)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a jvmr run")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
+    """A trained run: its resolved config, model, parameters (latest or ``step``), vocabulary, data dir."""
+    import orbax.checkpoint as ocp
+    config = load_config(workdir)
     data_dir = config.dataset.data_dir or os.path.join(workdir, "data")
     vocab = pipeline.load_vocabulary(data_dir)
     manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"))
@@ -56,20 +62,48 @@ def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
             "vocab_sha256": _sha256(os.path.join(data_dir, "vocab.txt"))}
 
 
+def is_query_only(data_dir: str, split: str) -> bool:
+    """Whether ``split`` of the data was released without ground truth (a query set plus a corpus,
+    ``manifest.json``'s ``query_only_splits``, e.g. TVR test_public)."""
+    return split in train.read_manifest(data_dir).get("query_only_splits", ())
+
+
+def split_batches(run: dict[str, Any], split: str, kind: str = "example"):
+    """The evaluation batches of ``split``'s records of ``kind`` (``jvmr.data.schema.KINDS``), built by the
+    training pipeline with the run's config, vocabulary and model inputs."""
+    config = run["config"]
+    spec = registry.get_model_spec(config.model.name)
+    return pipeline.as_numpy(pipeline.make_dataset(
+        run["data_dir"], split, config.dataset, batch_size=config.eval.batch_size, training=False,
+        vocab=run["vocab"], inputs=spec.inputs(config.model), kind=kind))
+
+
+def encoder(run: dict[str, Any], method: str):
+    """batch -> the run's ``model.<method>`` outputs (jitted, with its parameters)."""
+    model = run["model"]
+    if not hasattr(model, method):
+        raise ValueError(f"model {run['config'].model.name!r} has no {method}: it is not a corpus model")
+    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False, method=getattr(model, method)))
+    return lambda batch: fn(run["params"], pipeline.device_batch(batch))
+
+
+def index_info(run: dict[str, Any], split: str) -> dict[str, Any]:
+    """What an index of ``split`` built by ``run`` records (checked by ``Engine``)."""
+    config = run["config"]
+    return {"workdir": run["workdir"], "step": run["step"], "model": config.model.to_dict(),
+            "vocab_sha256": run["vocab_sha256"], "split": split, "dataset": config.dataset.name}
+
+
+def corpus_index(run: dict[str, Any], split: str) -> retrieval.CorpusIndex:
+    """Every video of ``split`` encoded once (a query-only split: its corpus records)."""
+    kind = "video" if is_query_only(run["data_dir"], split) else "example"
+    return retrieval.build_index(encoder(run, "encode_context"), split_batches(run, split, kind),
+                                 index_info(run, split))
+
+
 def build_index(workdir: str, split: str, output: str) -> retrieval.CorpusIndex:
     """Encodes every video of ``split`` with the run's latest checkpoint into ``output``."""
-    run = load_run(workdir)
-    config, model = run["config"], run["model"]
-    spec = registry.get_model_spec(config.model.name)
-    if not hasattr(model, "encode_context"):
-        raise ValueError(f"model {config.model.name!r} has no unimodal context encoder: it cannot index a corpus")
-    fn = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False, method=model.encode_context))
-    batches = pipeline.as_numpy(pipeline.make_dataset(
-        run["data_dir"], split, config.dataset, batch_size=config.eval.batch_size, training=False,
-        vocab=run["vocab"], inputs=spec.inputs(config.model)))
-    info = {"workdir": run["workdir"], "step": run["step"], "model": config.model.to_dict(),
-            "vocab_sha256": run["vocab_sha256"], "split": split, "dataset": config.dataset.name}
-    index = retrieval.build_index(lambda b: fn(run["params"], pipeline.device_batch(b)), batches, info)
+    index = corpus_index(load_run(workdir), split)
     index.save(output)
     return index
 

@@ -116,6 +116,11 @@ def resolve_dataset(config: ml_collections.ConfigDict, data_dir: str) -> ml_coll
                 order = lambda n: (0 if n.startswith("val") else 1 if n.startswith("test") else 2, n)  # noqa: E731
                 ds.eval_splits = tuple(sorted((n for n in splits if n != ds.train_split), key=order))
             missing = [name for name in (ds.train_split, *ds.eval_splits) if name not in splits]
+            query_only = [name for name in missing if name in manifest.get("query_only_splits", ())]
+            if query_only:
+                raise ValueError(f"split(s) {query_only} of {data_dir} have no ground truth (queries and a corpus "
+                                 f"only): they cannot be trained or evaluated on; write their submission with "
+                                 f"`python -m jvmr.submit` ({where})")
             if missing:
                 raise ValueError(f"split(s) {missing} not in {data_dir}, which has {splits} ({where})")
     if not ds.eval_splits:
@@ -362,14 +367,19 @@ def evaluate_corpus(config: ml_collections.ConfigDict, model, state: TrainState,
         fn = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False, method=method))
         return lambda batch: fn(params, pipeline.device_batch(batch))
 
+    info = {"model": config.model.to_dict(), "dataset": config.dataset.name}
+    return retrieval.evaluate_corpus(encoder(model.encode_query), encoder(model.encode_context), params,
+                                     batches, search_settings(config), info)
+
+
+def search_settings(config: ml_collections.ConfigDict):
+    """The corpus search settings of a run (``config.eval.search``, moment lengths from the model block)."""
+    from jvmr import retrieval
     search = config.eval.get("search", ml_collections.ConfigDict())
-    settings = retrieval.SearchSettings(
+    return retrieval.SearchSettings(
         num_videos=int(search.get("num_videos", 100)), num_moments=int(search.get("num_moments", 200)),
         alpha=float(search.get("alpha", 30.0)), min_len=int(config.model.get("min_span_len", 1)),
         max_len=int(config.model.get("max_span_len", 0)))
-    info = {"model": config.model.to_dict(), "dataset": config.dataset.name}
-    return retrieval.evaluate_corpus(encoder(model.encode_query), encoder(model.encode_context), params,
-                                     batches, settings, info)
 
 
 def write_corpus_predictions(directory: str, split: str, step: int, predictions: dict[str, Any]) -> None:

@@ -211,13 +211,31 @@ def test_tvr_defects_and_query_only_files(tmp_path):
     assert report.fixed == {"end_beyond_duration": 1}
     assert f"{path}: line 2" in report.messages["skipped:unparsable_line"][0]
     assert f"{path}: line 4" in report.messages["skipped:duplicate_qid"][0]
-    # TVR's test_public release has no ground truth: left out of a folder scan, an error when asked for.
-    (tmp_path / "tvr_test_public_release.jsonl").write_text(json.dumps({"desc": "x", "desc_id": 1}) + "\n")
+    # TVR's test_public release has no ground truth: left out of a folder scan, read as a query-only split
+    # when asked for (and an error for the labelled reader).
+    lines = [json.dumps({"desc": "Sheldon sits.", "desc_id": 1}),
+             json.dumps({"desc": " Penny stands. ", "desc_id": 2, "type": "vt"}), "{not json", json.dumps({"desc": "no id"}), json.dumps({"desc_id": 3, "type": "v"}),
+             json.dumps({"desc": " ?! ", "desc_id": 4}), json.dumps({"desc": "again", "desc_id": 1}),
+             json.dumps(["desc", "desc_id"]), json.dumps({"desc": "Leonard walks.", "desc_id": 5, "vid_name": "v1"})]
+    (tmp_path / "tvr_test_public_release.jsonl").write_text("\n".join(lines) + "\n\n")
     assert list(annotations.find_split_files(spec, str(tmp_path))) == ["val"]
     assert "no ground truth" in annotations.folder_warnings(spec, str(tmp_path))[0]
     public = annotations.find_split_files(spec, str(tmp_path), ["test_public"])["test_public"]
     with pytest.raises(annotations.AnnotationError, match="no 'vid_name' / 'ts'"):
         annotations.read_split(spec, public, annotations.Report("test_public"))
+    report = annotations.Report("test_public")
+    records = annotations.read_split(spec, public, report, {"v1": 65.0}, labelled=False)
+    assert [(r.qid, r.query, r.query_type, r.vid, r.duration, r.spans) for r in records] == [
+        ("1", "Sheldon sits.", "", "", None, []), ("2", "Penny stands.", "vt", "", None, []),
+        ("5", "Leonard walks.", "", "", None, [])]
+    assert report.skipped == {"unparsable_line": 1, "malformed_record": 3, "empty_query": 1, "duplicate_qid": 1}
+    assert report.num_records == 9 == len(records) + sum(report.skipped.values())
+    assert f"{public}: line 4: needs desc and desc_id" in report.messages["skipped:malformed_record"][0]
+    assert f"{public}: line 7" in report.messages["skipped:duplicate_qid"][0]
+    with pytest.raises(annotations.AnnotationError, match=r"\[strict\] skipped \(unparsable_line\)"):
+        annotations.read_split(spec, public, annotations.Report("test_public", strict=True), labelled=False)
+    with pytest.raises(annotations.AnnotationError, match="has no reader of query-only files"):
+        annotations.read_split(annotations.get_spec("tacos"), public, annotations.Report("x"), labelled=False)
 
 
 def test_durations_files(tmp_path):
@@ -227,6 +245,10 @@ def test_durations_files(tmp_path):
     assert annotations.load_durations(str(tmp_path / "flat.json")) == {"a": 3.5}
     tvr = annotations.load_durations(os.path.join(FIXTURES, "tvr", "tvr_video2dur_idx.json"))
     assert len(tvr) == 1090 + 1089 + 17435 + 2179 and tvr["castle_s01e01_seg02_clip_20"] == 91.56
+    public = annotations.load_durations(os.path.join(FIXTURES, "tvr", "tvr_video2dur_idx.json"), "test_public")
+    assert len(public) == 1089 and all(tvr[v] == d for v, d in public.items())
+    with pytest.raises(annotations.AnnotationError, match="no 'test' entry"):
+        annotations.load_durations(os.path.join(FIXTURES, "tvr", "tvr_video2dur_idx.json"), "test")
     (tmp_path / "bad.json").write_text('{"a": "long"}')
     with pytest.raises(annotations.AnnotationError, match="bad.json: video 'a'"):
         annotations.load_durations(str(tmp_path / "bad.json"))

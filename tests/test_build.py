@@ -10,6 +10,7 @@ import zlib
 import h5py
 import ml_collections
 import numpy as np
+import pytest
 
 from data_prep import build
 from jvmr.data import annotations, glove, pipeline, schema, text
@@ -174,6 +175,106 @@ def write_small_charades(tmp_path, lines: list[str], durations: dict[str, float]
     (folder / "charades_sta_train.txt").write_text("\n".join(lines) + "\n")
     (folder / "charades.json").write_text(json.dumps({v: {"duration": d} for v, d in durations.items()}))
     return str(folder)
+
+
+TVR_WORDS = ("sheldon penny leonard howard sits stands opens closes the door couch coffee laptop walks into "
+             "kitchen talks about money wedding").split()
+
+
+def write_small_tvr(root, num_videos=(("train", 8), ("val", 4), ("test_public", 5)), queries_per_video: int = 2,
+                    num_public: int = 6, extra_public_lines: tuple[str, ...] = (), missing: tuple[str, ...] = (),
+                    seed: int = 0) -> dict:
+    """A TVR-like folder ``root/ann`` and its features: ``tvr_{split}_release.jsonl`` of the labelled splits
+    (``queries_per_video`` queries of every video), ``tvr_test_public_release.jsonl`` (``num_public`` lines of
+    desc / desc_id, ``type`` on every other one, then ``extra_public_lines`` as written),
+    ``tvr_video2dur_idx.json`` listing every split's videos, and HDF5 video (12 clips x 32-d), subtitle (12 x 8)
+    and query-token (5 x 8, keyed by desc_id) features of every video and desc_id but ``missing``."""
+    rng = np.random.default_rng(seed)
+    ann = root / "ann"
+    ann.mkdir()
+    sentence = lambda: " ".join(rng.choice(TVR_WORDS, size=int(rng.integers(3, 8)))).capitalize() + "."  # noqa: E731
+    vids = {split: [f"show_s01e{i:02d}_{split}_clip_{j:02d}" for j in range(n)]
+            for i, (split, n) in enumerate(num_videos)}
+    video2dur, durations, desc_ids, next_id = {}, {}, {}, 1000
+    for split, names in vids.items():
+        video2dur[split] = {}
+        for vid in names:
+            durations[vid] = round(float(rng.uniform(20, 90)), 2)
+            video2dur[split][vid] = [durations[vid], len(durations) - 1]
+    (ann / "tvr_video2dur_idx.json").write_text(json.dumps(video2dur))
+    for split, names in vids.items():
+        rows = []
+        if split == "test_public":
+            for i in range(num_public):
+                rows.append({"desc": sentence(), "desc_id": next_id + i, **({"type": "v"} if i % 2 else {})})
+        else:
+            for vid, _ in itertools.product(names, range(queries_per_video)):
+                d = durations[vid]
+                start = float(rng.uniform(0, d - 6))
+                ts = [round(start, 2), round(start + float(rng.uniform(2, 6)), 2)]
+                rows.append({"vid_name": vid, "duration": d, "ts": ts, "desc": sentence(),
+                             "type": str(rng.choice(["v", "t", "vt"])), "desc_id": next_id + len(rows)})
+        next_id += 1000
+        desc_ids[split] = [r["desc_id"] for r in rows]
+        lines = [json.dumps(r) for r in rows] + (list(extra_public_lines) if split == "test_public" else [])
+        (ann / f"tvr_{split}_release.jsonl").write_text("\n".join(lines) + "\n")
+    all_vids = [v for names in vids.values() for v in names if v not in missing]
+    queries = [str(q) for ids in desc_ids.values() for q in ids if str(q) not in missing]
+    return {"annotations": str(ann), "vids": vids, "durations": durations, "desc_ids": desc_ids,
+            "video": write_hdf5(root / "video.h5", all_vids, t=12, dim=32),
+            "subtitle": write_hdf5(root / "sub.h5", all_vids, t=12, dim=8),
+            "query": write_hdf5(root / "query.h5", queries, t=5, dim=8)}
+
+
+def build_small_tvr(tvr: dict, output_dir: str, *argv: str) -> dict:
+    return run_build("--dataset=tvr", f"--annotations={tvr['annotations']}", f"--features={tvr['video']}",
+                     f"--subtitle_features={tvr['subtitle']}", f"--query_features={tvr['query']}",
+                     f"--output_dir={output_dir}", "--feature_dim=32", "--parser=none", *argv)
+
+
+def test_tvr_test_public_is_a_query_set_plus_a_corpus(tmp_path, capsys):
+    tvr = write_small_tvr(tmp_path, missing=("show_s01e02_test_public_clip_03",))
+    only_val = build_small_tvr(tvr, str(tmp_path / "val"), "--splits=val")
+    out = str(tmp_path / "out")
+    m = build_small_tvr(tvr, out, "--splits=val,test_public")
+    # The labelled split is written as without test_public (the same tf.train.Example records: their bytes vary
+    # between processes with protobuf's map order); test_public is no example split.
+    import tensorflow as tf
+    records = [[tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(schema.split_files(d, "val"))]
+               for d in (str(tmp_path / "val"), out)]
+    assert len(records[0]) == 8 and records[0] == records[1]
+    assert only_val["num_examples"] == m["num_examples"] == {"val": 8} and only_val["query_only_splits"] == []
+    assert m["splits"] == ["val", "test_public"] and m["query_only_splits"] == ["test_public"]
+    assert m["num_queries"] == {"test_public": 6} and m["num_records"]["test_public"] == 6
+    assert m["num_shards"] == {"val": 1, "test_public_queries": 1, "test_public_corpus": 1}
+    # The missing corpus video is skipped and counted, with the file and the video named.
+    assert m["num_videos"]["test_public"] == 4 and m["num_records"]["test_public_corpus"] == 5
+    assert m["skipped"]["test_public_corpus"] == {"missing_video_features": 1}
+    message = m["report_messages"]["test_public_corpus"]["skipped:missing_video_features"][0]
+    assert tvr["video"] in message and "show_s01e02_test_public_clip_03" in message
+    assert "tvr_video2dur_idx.json" in message
+    printed = capsys.readouterr().out
+    assert "test_public (query-only): 6 queries of 6 records, corpus 4 videos of 5 listed" in printed
+    queries = list(schema.read_split(out, "test_public", "query"))
+    assert [q.qid for q in queries] == [str(i) for i in tvr["desc_ids"]["test_public"]]
+    assert [q.query_type for q in queries] == ["", "v"] * 3
+    assert all(q.vid == "" and q.gt_spans.shape == (0, 2) and q.video_features.size == 0 for q in queries)
+    np.testing.assert_array_equal(queries[2].query_features, fake_features(queries[2].qid, 5, 8))
+    corpus = list(schema.read_split(out, "test_public", "video"))
+    want = [v for v in tvr["vids"]["test_public"] if v != "show_s01e02_test_public_clip_03"]
+    assert [v.vid for v in corpus] == want and all(not v.tokens and v.gt_spans.size == 0 for v in corpus)
+    assert [v.duration for v in corpus] == [pytest.approx(tvr["durations"][v]) for v in want]
+    np.testing.assert_array_equal(corpus[0].video_features, fake_features(want[0], 12, 32))
+    np.testing.assert_array_equal(corpus[0].subtitle_features, fake_features(want[0], 12, 8))
+    # --strict: the missing corpus video is an error naming the file and the video.
+    with pytest.raises(annotations.AnnotationError, match=r"strict.*show_s01e02_test_public_clip_03"):
+        build_small_tvr(tvr, str(tmp_path / "strict"), "--splits=test_public", "--strict")
+    # A folder scan still leaves test_public out; a durations file without its entry is an error.
+    assert build_small_tvr(tvr, str(tmp_path / "scan"))["splits"] == ["train", "val"]
+    dur = tmp_path / "ann" / "tvr_video2dur_idx.json"
+    dur.write_text(json.dumps({k: v for k, v in json.loads(dur.read_text()).items() if k != "test_public"}))
+    with pytest.raises(annotations.AnnotationError, match="no 'test_public' entry"):
+        build_small_tvr(tvr, str(tmp_path / "nodur"), "--splits=test_public")
 
 
 def test_feature_defects_are_reported_and_strict_fails(tmp_path, capsys):

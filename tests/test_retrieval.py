@@ -20,10 +20,10 @@ def make_index(seed=0, lengths=(5, 9, 3, 7, 6)):
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     context = rng.normal(size=(M, offsets[-1], D)).astype(np.float32)
-    keys = context / np.linalg.norm(context, axis=-1, keepdims=True)
     return retrieval.CorpusIndex(vids=[f"v{i}" for i in range(len(lengths))],
                                  durations=rng.uniform(10, 60, len(lengths)).astype(np.float32),
-                                 offsets=offsets, keys=keys, context=context, info={"model": "test"})
+                                 offsets=offsets, norms=retrieval.clip_norms(context), context=context,
+                                 info={"model": "test"})
 
 
 def reference_search(index, q, lq, k_start, k_end, settings):
@@ -57,15 +57,27 @@ def reference_search(index, q, lq, k_start, k_end, settings):
     return out
 
 
-@pytest.mark.parametrize("settings", [retrieval.SearchSettings(num_videos=3, num_moments=12, alpha=5.0),
-                                      retrieval.SearchSettings(num_videos=5, num_moments=40, alpha=30.0,
-                                                               min_len=2, max_len=4)])
-def test_search_matches_brute_force(settings):
-    index = make_index()
+MANY = tuple(int(n) for n in np.random.default_rng(7).integers(1, 14, size=23))  # 23 videos of 1-13 clips
+
+
+@pytest.mark.parametrize("settings,lengths,layout", [
+    (retrieval.SearchSettings(num_videos=3, num_moments=12, alpha=5.0), (5, 9, 3, 7, 6), {}),
+    (retrieval.SearchSettings(num_videos=5, num_moments=40, alpha=30.0, min_len=2, max_len=4), (5, 9, 3, 7, 6), {}),
+    # many buckets of several blocks (the last ones part-filled), two threads, lengths above max_len
+    (retrieval.SearchSettings(num_videos=9, num_moments=60, alpha=10.0, min_len=2, max_len=5), MANY,
+     dict(granule=2, block_clips=8, threads=2)),
+    (retrieval.SearchSettings(num_videos=23, num_moments=300, alpha=3.0, min_len=3), MANY,
+     dict(granule=3, block_clips=20, threads=3)),
+])
+def test_search_matches_brute_force(settings, lengths, layout):
+    index = make_index(lengths=lengths)
     rng = np.random.default_rng(1)
     q, lq = rng.normal(size=(4, M, D)).astype(np.float32), rng.normal(size=(4, M, D)).astype(np.float32)
     ks, ke = rng.normal(size=5).astype(np.float32), rng.normal(size=5).astype(np.float32)
-    got = retrieval.CorpusSearcher(index, ks, ke, settings).search(q, lq)
+    searcher = retrieval.CorpusSearcher(index, ks, ke, settings, **layout)
+    if layout:
+        assert len(searcher.buckets) > 2 and max(len(b.videos) // b.per_block for b in searcher.buckets) > 1
+    got = searcher.search(q, lq)
     for qi, (phi, top, moments) in enumerate(reference_search(index, q, lq, ks, ke, settings)):
         np.testing.assert_array_equal(got["video_rank"][qi], top)
         np.testing.assert_allclose(got["video_scores"][qi], phi[top], rtol=1e-5, atol=1e-6)
@@ -103,7 +115,7 @@ def test_index_round_trip(tmp_path):
     loaded = retrieval.CorpusIndex.load(str(tmp_path / "idx"))
     assert loaded.vids == index.vids and loaded.info == index.info
     assert isinstance(loaded.context, np.memmap)  # memory-mapped, not read
-    for name in ("durations", "offsets", "keys", "context"):
+    for name in ("durations", "offsets", "norms", "context"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(index, name))
     with pytest.raises(FileNotFoundError, match="not a corpus index"):
         retrieval.CorpusIndex.load(str(tmp_path))
@@ -119,6 +131,7 @@ def test_build_index_encodes_each_video_once_unpadded():
         return {"context": ctx}
 
     vm = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], np.float32)
+    ctx_of_row0 = (np.arange(3 * M * 4 * D, dtype=np.float32).reshape(3, M, 4, D) + 1)[0]
     batch1 = {"vid": np.array([b"a", b"b", b"a"]), "video_mask": vm, "duration": np.array([3.0, 2.0, 3.0]),
               "example_mask": np.ones(3)}
     batch2 = {"vid": np.array([b"b", b"c", b""]), "video_mask": vm, "duration": np.array([2.0, 4.0, 0.0]),
@@ -126,7 +139,8 @@ def test_build_index_encodes_each_video_once_unpadded():
     index = retrieval.build_index(encode, [batch1, batch2], {})
     assert index.vids == ["a", "b", "c"]
     np.testing.assert_array_equal(index.offsets, [0, 3, 5, 7])  # a: 3 clips, b: 2, c (row 1 of batch 2): 2
-    np.testing.assert_allclose(np.linalg.norm(index.keys, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(index.context[:, 0:3], ctx_of_row0[:, :3])  # a = batch 1 row 0, its 3 clips
+    np.testing.assert_allclose(index.norms, np.linalg.norm(index.context, axis=-1), rtol=1e-6)
 
 
 def test_corpus_evaluator_agrees_with_the_per_query_decoder():
@@ -166,3 +180,48 @@ def test_corpus_evaluator_agrees_with_the_per_query_decoder():
     # VR ranks every video of the corpus; each query's own video is among them exactly once.
     for entry in pred["submission"]["VR"]:
         assert sorted(int(p[0]) for p in entry["predictions"]) == list(range(5))
+
+
+@pytest.mark.parametrize("num_videos", [7, len(MANY)])  # re-scored then localised; both in one pass
+def test_ann_path_probing_everything_equals_exact(num_videos):
+    """With every list probed, every clip returned and every candidate re-scored, ANN = exact."""
+    index = make_index(4, lengths=MANY)
+    rng = np.random.default_rng(5)
+    q, lq = rng.normal(size=(6, M, D)).astype(np.float32), rng.normal(size=(6, M, D)).astype(np.float32)
+    ks, ke = rng.normal(size=5).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    settings = retrieval.SearchSettings(num_videos=num_videos, num_moments=30, alpha=10.0, min_len=2, max_len=6)
+    exact = retrieval.CorpusSearcher(index, ks, ke, settings).search(q, lq)
+    ann = retrieval.AnnSettings(nlist=4, nprobe=4, clips_per_stream=index.num_clips, rescore=index.num_videos)
+    approx = retrieval.CorpusSearcher(index, ks, ke, settings, ann=ann).search(q, lq)
+    for key in ("video_rank", "moment_videos"):
+        np.testing.assert_array_equal(approx[key], exact[key])
+    for key in ("video_scores", "moment_scores", "moment_spans"):
+        np.testing.assert_allclose(approx[key], exact[key], rtol=1e-5, atol=1e-5)
+
+
+def test_ann_finds_the_nearest_videos_and_pads_what_it_cannot_find():
+    """Videos built around their own direction: a query near one video's clips finds it first
+    through one probed list; asking for more videos than the candidates gives -1 / -inf pads
+    that the TVR submission leaves out."""
+    rng = np.random.default_rng(0)
+    num_videos, n = 40, 6
+    centres = rng.normal(size=(num_videos, M, D)).astype(np.float32)
+    context = (np.repeat(centres, n, axis=0) + 0.05 * rng.normal(size=(num_videos * n, M, D))).astype(np.float32)
+    context = np.ascontiguousarray(context.transpose(1, 0, 2))
+    index = retrieval.CorpusIndex(vids=[f"v{i}" for i in range(num_videos)],
+                                  durations=np.full(num_videos, 30.0, np.float32),
+                                  offsets=np.arange(0, num_videos * n + 1, n), norms=retrieval.clip_norms(context),
+                                  context=context, info={})
+    target = rng.choice(num_videos, 8, replace=False)
+    q = centres[target] + 0.05 * rng.normal(size=(8, M, D)).astype(np.float32)
+    ks, ke = rng.normal(size=5).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    settings = retrieval.SearchSettings(num_videos=10, num_moments=20)
+    ann = retrieval.AnnSettings(nlist=8, nprobe=2, clips_per_stream=12, rescore=5)
+    got = retrieval.CorpusSearcher(index, ks, ke, settings, ann=ann).search(q, q)
+    np.testing.assert_array_equal(got["video_rank"][:, 0], target)
+    found = got["video_rank"] >= 0
+    assert np.all(found.sum(1) <= 5) and np.all(~found[:, 5:])  # at most `rescore` candidates
+    assert np.all(found[:, :-1] >= found[:, 1:]) and np.all(np.isneginf(got["video_scores"][~found]))
+    assert np.all(np.isfinite(got["moment_scores"])) and set(np.unique(got["moment_videos"])) <= set(range(40))
+    sub = retrieval.tvr_submission(index, [str(i) for i in range(8)], ["q"] * 8, got)
+    assert [len(e["predictions"]) for e in sub["VR"]] == list(found.sum(1))

@@ -25,8 +25,12 @@ the sentence in the video's list, so a qid points back at its source record.
 * TVR (jsonl): ``vid_name, duration, ts, desc, type, desc_id``; the query type
   (v / t / vt) is kept. Durations come from ``tvr_video2dur_idx.json`` when given
   (``{split: {vid: [duration, index]}}``), else from the record. ``test_public``
-  holds only ``desc`` / ``desc_id`` (no ground truth): it cannot be converted, is
-  left out when a folder is scanned, and is an error when asked for.
+  holds only ``desc`` / ``desc_id`` (and maybe ``type``; no ground truth): it is
+  a *query-only* split (``DatasetSpec.unlabeled_splits``), read by
+  ``read_tvr_queries`` (``read_split(..., labelled=False)``) into records with no
+  video, duration or span; its corpus is the split's entry of the durations file
+  (``load_durations(path, split)``). It is left out when a folder is scanned and
+  converted only when asked for (``data_prep.build --splits=...,test_public``).
 
 Cleaning (``clean``), with every change counted in a ``Report`` by reason:
 
@@ -41,6 +45,9 @@ Cleaning (``clean``), with every change counted in a ``Report`` by reason:
 | duplicate_qid         | skip   | a qid seen before in the split (only the first is considered) |
 | unparsable_line       | skip   | a line that is not ``VID start end##sentence`` / not JSON    |
 | malformed_record      | skip   | a record missing fields or with wrong types                  |
+
+A query-only split's records are checked for duplicate_qid, empty_query,
+unparsable_line and malformed_record only (they have no duration or span).
 
 A file that cannot be read at all (missing, not JSON) raises ``AnnotationError``
 naming it. With ``Report(strict=True)`` the first fix or skip raises instead.
@@ -199,14 +206,17 @@ def _pair(x: Any) -> list[float] | None:
     return None if s is None or e is None else [s, e]
 
 
-def load_durations(path: str) -> dict[str, float]:
+def load_durations(path: str, split: str | None = None) -> dict[str, float]:
     """Video durations in seconds from a durations file.
 
     Accepts VSLNet's ``charades.json`` (``{vid: {"duration": s, ...}}``), TVR's
     ``tvr_video2dur_idx.json`` (``{split: {vid: [s, index]}}``, all splits merged),
     a flat ``{vid: s}`` JSON, or a CSV with ``id`` and ``length`` columns
-    (``Charades_v1_train.csv``).
+    (``Charades_v1_train.csv``). With ``split`` (a per-split file such as TVR's):
+    only that split's videos, in file order (a query-only split's corpus).
     """
+    if split is not None and path.lower().endswith(".csv"):
+        raise AnnotationError(f"{path}: a durations CSV has no splits (asked for the videos of {split!r})")
     if path.lower().endswith(".csv"):
         if not os.path.isfile(path):
             raise AnnotationError(f"{path}: durations file not found")
@@ -225,6 +235,11 @@ def load_durations(path: str) -> dict[str, float]:
     data = load_json(path)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: durations must be a JSON object, got {type(data).__name__}")
+    if split is not None:
+        if not isinstance(data.get(split), dict) or "duration" in data[split]:
+            raise AnnotationError(f"{path}: no {split!r} entry listing that split's videos "
+                                  f"({{split: {{vid: [duration, index]}}}}; entries: {sorted(data)[:10]})")
+        data = {split: data[split]}
     out: dict[str, float] = {}
 
     def add(vid: str, value: Any) -> None:
@@ -336,38 +351,59 @@ def read_tacos(path: str, report: Report, durations: Mapping[str, float] | None 
         yield from _sentence_records(path, vid, rec, report, duration, scale=1.0 / fps)
 
 
-def read_tvr(path: str, report: Report, durations: Mapping[str, float] | None = None) -> Iterator[RawRecord]:
-    """TVR release jsonl; qid ``str(desc_id)``; query types kept; durations from video2dur when given."""
+def _jsonl_records(path: str, report: Report) -> Iterator[tuple[int, str, Any]]:
+    """(line number, line, parsed JSON) of each non-blank line; lines that are not JSON are reported."""
     if not os.path.isfile(path):
         raise AnnotationError(f"{path}: annotation file not found")
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            where = f"{path}: line {line_no}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                report.skip_unread("unparsable_line", f"{where}: not JSON ({e.msg})")
+                report.skip_unread("unparsable_line", f"{path}: line {line_no}: not JSON ({e.msg})")
                 continue
-            if isinstance(rec, dict) and line_no == 1 and "desc_id" in rec and "ts" not in rec \
-                    and "vid_name" not in rec:
-                raise AnnotationError(f"{path}: records have no 'vid_name' / 'ts' (a query-only file such as "
-                                      f"tvr_test_public_release.jsonl): there is no ground truth to convert")
-            span = _pair(rec.get("ts")) if isinstance(rec, dict) else None
-            ok = (span is not None and isinstance(rec.get("vid_name"), str) and isinstance(rec.get("desc"), str)
-                  and rec.get("desc_id") is not None)
-            if not ok:
-                report.skip_unread("malformed_record", f"{where}: needs vid_name, ts [start, end], desc and "
-                                   f"desc_id, got {line.strip()[:100]!r}")
-                continue
-            vid = rec["vid_name"]
-            duration = durations.get(vid) if durations is not None else None
-            if duration is None:
-                duration = _number(rec.get("duration"))
-            yield RawRecord(qid=str(rec["desc_id"]), vid=vid, duration=duration, query=rec["desc"].strip(),
-                            spans=[span], source=path, locator=f"line {line_no}",
-                            query_type=str(rec.get("type", "")))
+            yield line_no, line, rec
+
+
+def read_tvr(path: str, report: Report, durations: Mapping[str, float] | None = None) -> Iterator[RawRecord]:
+    """TVR release jsonl; qid ``str(desc_id)``; query types kept; durations from video2dur when given."""
+    for line_no, line, rec in _jsonl_records(path, report):
+        where = f"{path}: line {line_no}"
+        if isinstance(rec, dict) and line_no == 1 and "desc_id" in rec and "ts" not in rec \
+                and "vid_name" not in rec:
+            raise AnnotationError(f"{path}: records have no 'vid_name' / 'ts' (a query-only file such as "
+                                  f"tvr_test_public_release.jsonl): there is no ground truth to convert")
+        span = _pair(rec.get("ts")) if isinstance(rec, dict) else None
+        ok = (span is not None and isinstance(rec.get("vid_name"), str) and isinstance(rec.get("desc"), str)
+              and rec.get("desc_id") is not None)
+        if not ok:
+            report.skip_unread("malformed_record", f"{where}: needs vid_name, ts [start, end], desc and "
+                               f"desc_id, got {line.strip()[:100]!r}")
+            continue
+        vid = rec["vid_name"]
+        duration = durations.get(vid) if durations is not None else None
+        if duration is None:
+            duration = _number(rec.get("duration"))
+        yield RawRecord(qid=str(rec["desc_id"]), vid=vid, duration=duration, query=rec["desc"].strip(),
+                        spans=[span], source=path, locator=f"line {line_no}",
+                        query_type=str(rec.get("type", "")))
+
+
+def read_tvr_queries(path: str, report: Report) -> Iterator[RawRecord]:
+    """TVR query-only jsonl (``tvr_test_public_release.jsonl``: ``desc``, ``desc_id``, maybe ``type``);
+    qid ``str(desc_id)``; records with no video, duration or span. Other fields are ignored."""
+    for line_no, line, rec in _jsonl_records(path, report):
+        desc_id = rec.get("desc_id") if isinstance(rec, dict) else None
+        ok = (isinstance(rec, dict) and isinstance(rec.get("desc"), str) and isinstance(desc_id, (int, str))
+              and not isinstance(desc_id, bool) and str(desc_id).strip() != "")
+        if not ok:
+            report.skip_unread("malformed_record", f"{path}: line {line_no}: needs desc and desc_id, "
+                               f"got {line.strip()[:100]!r}")
+            continue
+        yield RawRecord(qid=str(rec["desc_id"]), vid="", duration=None, query=rec["desc"].strip(), spans=[],
+                        source=path, locator=f"line {line_no}", query_type=str(rec.get("type", "") or ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,7 +420,9 @@ class DatasetSpec:
       feature_note: which features those are.
       feature_files: the names those feature files (or folders) are released under.
       unlabeled_splits: splits released without ground truth (leaderboard queries): never
-        picked up from a folder, and an error when asked for.
+        picked up from a folder scan; converted, when asked for, as a query set plus a
+        corpus (every video of the split's entry in ``durations_file``).
+      read_queries: the reader of those splits' query-only files, ``read_queries(path, report)``.
     """
 
     name: str
@@ -396,6 +434,7 @@ class DatasetSpec:
     feature_note: str = ""
     feature_files: tuple[str, ...] = ()
     unlabeled_splits: tuple[str, ...] = ()
+    read_queries: Callable[[str, Report], Iterator[RawRecord]] | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -424,7 +463,8 @@ DATASETS: dict[str, DatasetSpec] = {
                      "test_public": ("tvr_test_public_release.jsonl",)},
         durations_file="tvr_video2dur_idx.json",
         feature_dim=3072, feature_note="ResNet152 + I3D per 1.5 s clip",
-        feature_files=("tvr_resnet152_rgb_max_i3d_rgb600_avg_cat_cl-1.5.h5",), unlabeled_splits=("test_public",)),
+        feature_files=("tvr_resnet152_rgb_max_i3d_rgb600_avg_cat_cl-1.5.h5",), unlabeled_splits=("test_public",),
+        read_queries=read_tvr_queries),
 }
 
 
@@ -480,7 +520,8 @@ def folder_warnings(spec: DatasetSpec, annotations: str) -> list[str]:
     if not os.path.isdir(annotations):
         return []
     out = [f"{os.path.join(annotations, n)}: split {split!r} has no ground truth (leaderboard queries only); "
-           f"not converted" for split in spec.unlabeled_splits for n in spec.split_files[split]
+           f"not converted unless asked for: --splits=...,{split} converts it as a query set plus its corpus"
+           for split in spec.unlabeled_splits for n in spec.split_files[split]
            if os.path.isfile(os.path.join(annotations, n))]
     if spec.name == "activitynet_captions":
         out += [f"{os.path.join(annotations, n)}: ActivityNet Captions has no public test annotations; 2D-TAN's "
@@ -493,11 +534,12 @@ def folder_warnings(spec: DatasetSpec, annotations: str) -> list[str]:
 # ----------------------------------------------------------------------------- cleaning
 
 
-def clean(records: Iterable[RawRecord], report: Report) -> Iterator[RawRecord]:
+def clean(records: Iterable[RawRecord], report: Report, labelled: bool = True) -> Iterator[RawRecord]:
     """Checks and repairs records (see the module docstring); yields the usable ones.
 
     Spans are clipped to ``[0, duration]``; a span must still have start < end in
-    float32, the precision the TFRecords store.
+    float32, the precision the TFRecords store. ``labelled=False`` (a query-only
+    split): only duplicate ids and empty queries are checked.
     """
     seen: dict[str, str] = {}
     for rec in records:
@@ -507,14 +549,17 @@ def clean(records: Iterable[RawRecord], report: Report) -> Iterator[RawRecord]:
             report.skip("duplicate_qid", f"{where}: duplicate qid (first at {seen[rec.qid]})")
             continue
         seen[rec.qid] = f"{rec.source}: {rec.locator}"
-        if rec.duration is None:
+        if labelled and rec.duration is None:
             report.skip("missing_duration", f"{where}: no usable duration for video {rec.vid!r}")
             continue
-        if not (math.isfinite(rec.duration) and rec.duration > 0):
+        if labelled and not (math.isfinite(rec.duration) and rec.duration > 0):
             report.skip("bad_duration", f"{where}: duration {rec.duration!r} is not a positive number")
             continue
         if not any(ch.isalnum() for ch in rec.query):
             report.skip("empty_query", f"{where}: empty query {rec.query!r}")
+            continue
+        if not labelled:
+            yield rec
             continue
         spans = [[float(s), float(e)] for s, e in rec.spans]
         if any(s >= e for s, e in spans):
@@ -534,6 +579,11 @@ def clean(records: Iterable[RawRecord], report: Report) -> Iterator[RawRecord]:
 
 
 def read_split(spec: DatasetSpec, path: str, report: Report,
-               durations: Mapping[str, float] | None = None) -> list[RawRecord]:
-    """Reads and cleans one split's annotation file."""
-    return list(clean(spec.read(path, report, durations), report))
+               durations: Mapping[str, float] | None = None, labelled: bool = True) -> list[RawRecord]:
+    """Reads and cleans one split's annotation file; ``labelled=False``: a query-only file
+    (``spec.read_queries``; records without video or ground truth)."""
+    if labelled:
+        return list(clean(spec.read(path, report, durations), report))
+    if spec.read_queries is None:
+        raise AnnotationError(f"{path}: {spec.name} has no reader of query-only files")
+    return list(clean(spec.read_queries(path, report), report, labelled=False))

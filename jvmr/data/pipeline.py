@@ -40,6 +40,11 @@ missing or of another width stops the pipeline with an error naming its qid and 
 The subtitle stream is aligned to the video's clips first (cut or zero-padded to
 the video's clip count: TVR pools subtitles per clip, sometimes one clip off).
 
+A query-only split (``jvmr.data.schema``: no ground truth) is read per record kind,
+``make_dataset(..., kind='query')`` for its queries and ``kind='video'`` for its
+corpus: their batches hold only the query keys or only the video keys, each built
+exactly as for a labelled example.
+
 The edge budget is fixed: slot i holds the arc word i -> head(i), slot L + i the
 reverse arc, slot 2L + i word i's self loop; arcs whose head was truncated
 away are masked. The fraction-of-duration convention makes spans independent of
@@ -145,13 +150,22 @@ def _checked_features(feats, dim: int, what: str, ex):
         return tf.identity(feats)
 
 
-def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...] = ()):
+def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...] = (), kind: str = "example"):
     """Returns the per-record map function (parsed record -> fixed-shape example) building the
-    common keys and the optional ``inputs`` groups (``INPUT_GROUPS``)."""
+    common keys and the optional ``inputs`` groups (``INPUT_GROUPS``).
+
+    ``kind`` is the record kind (``jvmr.data.schema.KINDS``): 'example' builds every key;
+    'query' (a query of a query-only split) only the query keys (``query_tokens``,
+    ``query_mask``, the query groups), 'video' (a corpus video) only the video keys
+    (``video_feats``, ``video_mask``, ``duration``, the video groups); both keep
+    ``example_mask`` and the host keys. A key is built the same way for every kind.
+    """
     import tensorflow as tf
     unknown = set(inputs) - set(INPUT_GROUPS)
     if unknown:
         raise ValueError(f"unknown input group(s) {sorted(unknown)}; known: {INPUT_GROUPS}")
+    if kind not in schema.KINDS:
+        raise ValueError(f"record kind must be one of {schema.KINDS}, got {kind!r}")
     num_clips = int(dataset_config.max_video_len)
     max_len = int(dataset_config.max_query_len)
     max_gt = int(dataset_config.max_gt_spans)
@@ -166,7 +180,7 @@ def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...]
                                             tf.range(text.NUM_DEPENDENCY_LABELS, dtype=tf.int32)),
         default_value=text.DEP_UNK_ID)
 
-    def preprocess(ex):
+    def video_keys(ex):
         feats = ex["video_features"]
         check = tf.debugging.Assert(
             tf.equal(tf.shape(feats)[1], feature_dim),
@@ -177,31 +191,8 @@ def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...]
         if normalize:
             feats = tf.math.l2_normalize(feats, axis=-1)
         video, video_mask = _fit_video(feats, num_clips, sampling)
-        video = tf.ensure_shape(video, [num_clips, feature_dim])
-
-        tokens = ex["tokens"]
-        num_words = tf.minimum(tf.shape(tokens)[0], max_len)
-        ids = word_table.lookup(tf.strings.lower(tokens))[:max_len]
-        query_tokens = tf.pad(ids, [[0, max_len - num_words]])
-        query_mask = tf.cast(tf.range(max_len) < num_words, tf.float32)
-
-        duration = ex["duration"]
-        spans = tf.clip_by_value(ex["gt_spans"], 0.0, duration)
-        num_gt = tf.minimum(tf.shape(spans)[0], max_gt)
-        gt_spans = tf.pad(spans[:max_gt], [[0, max_gt - num_gt], [0, 0]])
-        out = {
-            "video_feats": video, "video_mask": video_mask,
-            "query_tokens": query_tokens, "query_mask": query_mask,
-            "gt_span": spans[0] / duration,
-            "gt_spans": tf.ensure_shape(gt_spans, [max_gt, 2]),
-            "gt_spans_mask": tf.cast(tf.range(max_gt) < num_gt, tf.float32),
-            "duration": duration,
-            "example_mask": tf.constant(1.0),
-            **{k: ex[k] for k in HOST_KEYS},
-        }
-        if "query_graph" in inputs:
-            out.update(_build_graph(ex["dep_heads"], label_table.lookup(tf.strings.lower(ex["dep_labels"])),
-                                    num_words, max_len))
+        out = {"video_feats": tf.ensure_shape(video, [num_clips, feature_dim]), "video_mask": video_mask,
+               "duration": ex["duration"]}
         if "video_index" in inputs:
             out["video_index"] = tf.cast(tf.strings.to_hash_bucket_fast(ex["vid"], 2**31 - 1), tf.int32)
         if "subtitles" in inputs:
@@ -212,12 +203,41 @@ def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...]
                 sub = tf.math.l2_normalize(sub, axis=-1)
             sub, _ = _fit_video(sub, num_clips, sampling)
             out["subtitle_feats"] = tf.ensure_shape(sub, [num_clips, int(dataset_config.subtitle_dim)])
+        return out
+
+    def query_keys(ex):
+        tokens = ex["tokens"]
+        num_words = tf.minimum(tf.shape(tokens)[0], max_len)
+        ids = word_table.lookup(tf.strings.lower(tokens))[:max_len]
+        out = {"query_tokens": tf.pad(ids, [[0, max_len - num_words]]),
+               "query_mask": tf.cast(tf.range(max_len) < num_words, tf.float32)}
+        if "query_graph" in inputs:
+            out.update(_build_graph(ex["dep_heads"], label_table.lookup(tf.strings.lower(ex["dep_labels"])),
+                                    num_words, max_len))
         if "query_features" in inputs:
             dq = int(dataset_config.query_feature_dim)
             qf = _checked_features(ex["query_features"], dq, "query token features", ex)
             n = tf.minimum(tf.shape(qf)[0], max_len)
             out["query_feats"] = tf.ensure_shape(tf.pad(qf[:max_len], [[0, max_len - n], [0, 0]]), [max_len, dq])
             out["query_feats_mask"] = tf.cast(tf.range(max_len) < n, tf.float32)
+        return out
+
+    def label_keys(ex):
+        duration = ex["duration"]
+        spans = tf.clip_by_value(ex["gt_spans"], 0.0, duration)
+        num_gt = tf.minimum(tf.shape(spans)[0], max_gt)
+        gt_spans = tf.pad(spans[:max_gt], [[0, max_gt - num_gt], [0, 0]])
+        return {"gt_span": spans[0] / duration, "gt_spans": tf.ensure_shape(gt_spans, [max_gt, 2]),
+                "gt_spans_mask": tf.cast(tf.range(max_gt) < num_gt, tf.float32)}
+
+    def preprocess(ex):
+        out = {"example_mask": tf.constant(1.0), **{k: ex[k] for k in HOST_KEYS}}
+        if kind != "query":
+            out.update(video_keys(ex))
+        if kind != "video":
+            out.update(query_keys(ex))
+        if kind == "example":
+            out.update(label_keys(ex))
         return out
 
     return preprocess
@@ -245,8 +265,12 @@ def load_vocabulary(data_dir: str) -> list[str]:
 
 def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, training: bool,
                  seed: int = 0, vocab: list[str] | None = None, shard_index: int = 0,
-                 num_shards: int = 1, inputs: tuple[str, ...] = ()):
+                 num_shards: int = 1, inputs: tuple[str, ...] = (), kind: str = "example"):
     """Builds the tf.data pipeline of one split, with the optional ``inputs`` groups.
+
+    ``kind`` picks the records (``jvmr.data.schema.record_set``): 'example' (a labelled
+    split), or a query-only split's 'query' or 'video' (corpus) records, with only
+    their keys (``make_preprocess_fn``).
 
     Training: parse -> preprocess -> cache -> shuffle -> repeat -> batch (drop remainder) -> prefetch.
     Evaluation: one pass in file order; the last batch is padded with examples whose
@@ -255,12 +279,12 @@ def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, 
     """
     import tensorflow as tf
     vocab = vocab if vocab is not None else load_vocabulary(data_dir)
-    files = schema.split_files(data_dir, split)
+    files = schema.split_files(data_dir, schema.record_set(split, kind))
     ds = tf.data.TFRecordDataset(files)
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
     ds = ds.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(make_preprocess_fn(dataset_config, vocab, inputs), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(make_preprocess_fn(dataset_config, vocab, inputs, kind), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     if training:
         ds = ds.cache()

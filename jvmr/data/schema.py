@@ -23,6 +23,22 @@ One record = one (video, query) pair, stored as a ``tf.train.Example``:
 
 Spans are in seconds so that every dataset (frames, fps, clip grids) is
 converted once, at build time; the pipeline maps them to the model's grid.
+
+A split released without ground truth (a *query-only* split, e.g. TVR's
+``test_public`` leaderboard queries) is stored as two record sets of the same
+keys, named by ``record_set(split, kind)``:
+
+| kind      | files                  | one record per | holds                                                    |
+|-----------|------------------------|----------------|----------------------------------------------------------|
+| 'example' | ``{split}.tfrecord-*`` | (video, query) | everything above (a labelled split)                      |
+| 'query'   | ``{split}_queries.*``  | query          | qid, query, query_type, tokens, dep_*, query_features;   |
+|           |                        |                | vid '', duration 0, no gt_spans, no video features       |
+| 'video'   | ``{split}_corpus.*``   | corpus video   | vid (also the qid), duration, video / subtitle features; |
+|           |                        |                | no query, tokens or gt_spans                             |
+
+``query_record`` and ``video_record`` build them; ``Example.validate(kind=...)``
+checks each kind. The dataset's ``manifest.json`` lists such splits under
+``query_only_splits``.
 """
 
 from __future__ import annotations
@@ -35,8 +51,19 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 
+KINDS = ("example", "query", "video")
+_RECORD_SET_SUFFIX = {"example": "", "query": "_queries", "video": "_corpus"}
+
+
 class SchemaError(ValueError):
     """A record that violates the schema; the message names the file and record."""
+
+
+def record_set(split: str, kind: str = "example") -> str:
+    """The file-name prefix of ``split``'s records of ``kind`` (see the module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"record kind must be one of {KINDS}, got {kind!r}")
+    return split + _RECORD_SET_SUFFIX[kind]
 
 
 @dataclasses.dataclass
@@ -56,36 +83,55 @@ class Example:
     subtitle_features: np.ndarray | None = None  # [S, Ds] float32
     query_features: np.ndarray | None = None  # [Lq, Dq] float32
 
-    def validate(self, source: str = "<memory>") -> None:
-        """Raises SchemaError naming ``source`` and the qid if the example is malformed."""
+    def validate(self, source: str = "<memory>", kind: str = "example") -> None:
+        """Raises SchemaError naming ``source`` and the qid if the example is malformed.
+
+        ``kind``: 'example' (query, video and ground truth), 'query' (a query of a
+        query-only split: no video, no ground truth) or 'video' (a corpus video: no query).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"record kind must be one of {KINDS}, got {kind!r}")
         where = f"{source}: record qid={self.qid!r}"
         if not self.qid:
             raise SchemaError(f"{source}: record with empty qid (vid={self.vid!r})")
-        if not (isinstance(self.duration, (int, float)) and math.isfinite(self.duration) and self.duration > 0):
+        if kind != "query" and not (isinstance(self.duration, (int, float)) and math.isfinite(self.duration)
+                                    and self.duration > 0):
             raise SchemaError(f"{where}: duration must be a positive finite number, got {self.duration!r}")
-        if not self.tokens:
-            raise SchemaError(f"{where}: empty query {self.query!r}")
-        if not (len(self.tokens) == len(self.dep_heads) == len(self.dep_labels)):
-            raise SchemaError(
-                f"{where}: tokens/dep_heads/dep_labels lengths differ "
-                f"({len(self.tokens)}/{len(self.dep_heads)}/{len(self.dep_labels)})")
-        for h in self.dep_heads:
-            if not -1 <= h < len(self.tokens):
-                raise SchemaError(f"{where}: dependency head {h} outside [-1, {len(self.tokens)})")
+        if kind == "video":
+            if self.tokens or self.query_features is not None:
+                raise SchemaError(f"{where}: a corpus video record has no query")
+        else:
+            if not self.tokens:
+                raise SchemaError(f"{where}: empty query {self.query!r}")
+            if not (len(self.tokens) == len(self.dep_heads) == len(self.dep_labels)):
+                raise SchemaError(
+                    f"{where}: tokens/dep_heads/dep_labels lengths differ "
+                    f"({len(self.tokens)}/{len(self.dep_heads)}/{len(self.dep_labels)})")
+            for h in self.dep_heads:
+                if not -1 <= h < len(self.tokens):
+                    raise SchemaError(f"{where}: dependency head {h} outside [-1, {len(self.tokens)})")
         spans = np.asarray(self.gt_spans, np.float32)
-        if spans.ndim != 2 or spans.shape[1] != 2 or spans.shape[0] < 1:
-            raise SchemaError(f"{where}: gt_spans must be [G>=1, 2], got shape {spans.shape}")
-        if not np.all(np.isfinite(spans)):
-            raise SchemaError(f"{where}: non-finite ground-truth span {spans.tolist()}")
-        if np.any(spans[:, 0] >= spans[:, 1]):
-            raise SchemaError(f"{where}: ground-truth span with start >= end {spans.tolist()}")
-        if np.any(spans[:, 0] < 0) or np.any(spans[:, 1] > self.duration + 1e-3):
-            raise SchemaError(f"{where}: span {spans.tolist()} outside the video [0, {self.duration}]")
+        if kind != "example":
+            if spans.size:
+                raise SchemaError(f"{where}: a {kind} record has no ground truth, got spans {spans.tolist()}")
+        else:
+            if spans.ndim != 2 or spans.shape[1] != 2 or spans.shape[0] < 1:
+                raise SchemaError(f"{where}: gt_spans must be [G>=1, 2], got shape {spans.shape}")
+            if not np.all(np.isfinite(spans)):
+                raise SchemaError(f"{where}: non-finite ground-truth span {spans.tolist()}")
+            if np.any(spans[:, 0] >= spans[:, 1]):
+                raise SchemaError(f"{where}: ground-truth span with start >= end {spans.tolist()}")
+            if np.any(spans[:, 0] < 0) or np.any(spans[:, 1] > self.duration + 1e-3):
+                raise SchemaError(f"{where}: span {spans.tolist()} outside the video [0, {self.duration}]")
         feats = np.asarray(self.video_features)
-        if feats.ndim != 2 or feats.shape[0] < 1 or feats.shape[1] < 1:
-            raise SchemaError(f"{where}: video_features must be [T>=1, D>=1], got shape {feats.shape}")
-        if not np.all(np.isfinite(feats)):
-            raise SchemaError(f"{where}: video {self.vid!r} features contain NaN or Inf")
+        if kind == "query":
+            if feats.size or self.subtitle_features is not None:
+                raise SchemaError(f"{where}: a query record of a query-only split has no video features")
+        else:
+            if feats.ndim != 2 or feats.shape[0] < 1 or feats.shape[1] < 1:
+                raise SchemaError(f"{where}: video_features must be [T>=1, D>=1], got shape {feats.shape}")
+            if not np.all(np.isfinite(feats)):
+                raise SchemaError(f"{where}: video {self.vid!r} features contain NaN or Inf")
         for name in ("subtitle_features", "query_features"):
             extra = getattr(self, name)
             if extra is None:
@@ -95,6 +141,22 @@ class Example:
                 raise SchemaError(f"{where}: {name} must be [N, D], got shape {extra.shape}")
             if not np.all(np.isfinite(extra)):
                 raise SchemaError(f"{where}: {name} contain NaN or Inf")
+
+
+def query_record(qid: str, query: str, tokens: list[str], dep_heads: list[int], dep_labels: list[str],
+                 query_type: str = "", query_features: np.ndarray | None = None) -> Example:
+    """A query of a query-only split (kind 'query'): no video, no ground truth."""
+    return Example(qid=qid, vid="", duration=0.0, query=query, tokens=tokens, dep_heads=dep_heads,
+                   dep_labels=dep_labels, gt_spans=np.zeros((0, 2), np.float32),
+                   video_features=np.zeros((0, 0), np.float32), query_type=query_type, query_features=query_features)
+
+
+def video_record(vid: str, duration: float, video_features: np.ndarray,
+                 subtitle_features: np.ndarray | None = None) -> Example:
+    """A corpus video of a query-only split (kind 'video'); its qid is its vid."""
+    return Example(qid=vid, vid=vid, duration=duration, query="", tokens=[], dep_heads=[], dep_labels=[],
+                   gt_spans=np.zeros((0, 2), np.float32), video_features=video_features,
+                   subtitle_features=subtitle_features)
 
 
 def _bytes(values: Sequence[bytes]):
@@ -226,8 +288,11 @@ def write_text_atomic(path: str, content: str) -> None:
 
 
 def write_split(examples: Iterable[Example], output_dir: str, split: str, num_shards: int = 1,
-                source: str = "<memory>") -> int:
-    """Validates and writes ``examples`` round-robin into ``num_shards`` files; returns the count."""
+                source: str = "<memory>", kind: str = "example") -> int:
+    """Validates and writes ``examples`` round-robin into ``num_shards`` files; returns the count.
+
+    ``split`` is the file-name prefix (``record_set(split, kind)`` for a query-only split's records).
+    """
     import tensorflow as tf
     os.makedirs(output_dir, exist_ok=True)
     paths = shard_paths(output_dir, split, num_shards)
@@ -236,7 +301,7 @@ def write_split(examples: Iterable[Example], output_dir: str, split: str, num_sh
     n = 0
     try:
         for ex in examples:
-            ex.validate(source)
+            ex.validate(source, kind)
             if ex.qid in seen:
                 raise SchemaError(f"{source}: duplicate qid {ex.qid!r} in split {split!r}")
             seen.add(ex.qid)
@@ -250,8 +315,8 @@ def write_split(examples: Iterable[Example], output_dir: str, split: str, num_sh
     return n
 
 
-def read_split(data_dir: str, split: str) -> Iterator[Example]:
-    """Iterates over the examples of a split (host side, for tools and tests)."""
+def read_split(data_dir: str, split: str, kind: str = "example") -> Iterator[Example]:
+    """Iterates over the records of ``kind`` of a split (host side, for tools and tests)."""
     import tensorflow as tf
-    for record in tf.data.TFRecordDataset(split_files(data_dir, split)):
+    for record in tf.data.TFRecordDataset(split_files(data_dir, record_set(split, kind))):
         yield decode(record)

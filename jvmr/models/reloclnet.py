@@ -160,14 +160,14 @@ def localization_logits(local_query: Array, context: Array, context_mask: Array,
     """
     sim = jnp.mean(jnp.einsum("bmd,bmtd->bmt", local_query, context), axis=1)  # [B, T]
     sim = mask_fill(sim, context_mask)
+    return localization_conv(sim, conv_start), localization_conv(sim, conv_end)
 
-    def conv(kernel):
-        k = kernel.shape[0]
-        padded = jnp.pad(sim, ((0, 0), (k // 2, k // 2)))
-        windows = jnp.stack([padded[:, i: i + sim.shape[1]] for i in range(k)], axis=-1)  # [B, T, K]
-        return windows @ kernel
 
-    return conv(conv_start), conv(conv_end)
+def localization_conv(sim: Array, kernel: Array) -> Array:
+    """1-channel "same" convolution (zero padding, no bias) of sim [B, T] with an odd kernel [K] -> [B, T]."""
+    k = kernel.shape[0]
+    padded = jnp.pad(sim, ((0, 0), (k // 2, k // 2)))
+    return sum(padded[:, i: i + sim.shape[1]] * kernel[i] for i in range(k))  # shifted slices (one fused loop)
 
 
 # ----------------------------------------------------------------------------- model
