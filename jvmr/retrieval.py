@@ -143,10 +143,11 @@ def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], inf
 @dataclasses.dataclass(frozen=True)
 class AnnSettings:
     """The approximate VR path: per stream, a faiss inverted-file index over the unit clip vectors
-    (``nlist`` k-means lists, 0 = about 4 sqrt(clips) with >= 39 clips each; 8-bit scalar-quantised codes); a query probes
-    ``nprobe`` lists per stream for its ``clips_per_stream`` best clips, ranks their videos by the
-    scores seen (a stream without a seen clip counts its lowest seen score), and re-scores the
-    ``rescore`` best of them exactly (phi from every clip)."""
+    (``nlist`` k-means lists, 0 = about 4 sqrt(clips) with >= 39 clips each; 8-bit scalar-quantised
+    codes); a query probes ``nprobe`` lists per stream for its ``clips_per_stream`` best clips, ranks
+    their videos by the scores seen (a stream without a seen clip counts its lowest seen score), and
+    re-scores the ``rescore`` best of them exactly (phi from every clip). The defaults cost 0.45 points
+    of VR R@100 on the trained embedded corpus benchmark (README)."""
 
     nlist: int = 0
     nprobe: int = 64
@@ -237,42 +238,31 @@ def _bucket_scores(keys: jax.Array, query: jax.Array, *, length: int) -> jax.Arr
     return jnp.moveaxis(out, 0, 1).reshape(query.shape[1], -1)
 
 
-@functools.partial(jax.jit, static_argnames=("lo", "width"))
-def moment_bounds(sims: jax.Array, lengths: jax.Array, video_term: jax.Array, conv_start: jax.Array,
-                  conv_end: jax.Array, *, lo: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Log P_start, log P_end [Q, K, T] and the bound B [Q, K, T] of each start.
-
-    sims [Q, K, T]: S_t of each query in each of its K videos (zero past a video's
-    ``lengths`` [Q, K]); video_term [Q, K]. B(k, i) = video_term + log P_start(i) +
-    max log P_end(j) over the allowed ends j in [i + lo, i + lo + width - 1] (the
-    best moment starting at i); -inf outside the video.
-    """
+@functools.partial(jax.jit, static_argnames=("num_moments", "lo", "width"))
+def _rank_moments(sims, lengths, video_term, conv_start, conv_end, *, num_moments: int, lo: int, width: int):
     q, k, t = sims.shape
     valid = jnp.arange(t) < lengths[..., None]
     flat = sims.reshape(q * k, t)
-    log_start = _log_softmax(localization_conv(flat, conv_start).reshape(q, k, t), valid)
+    log_start = _log_softmax(localization_conv(flat, conv_start).reshape(q, k, t), valid).reshape(q, k * t)
     log_end = _log_softmax(localization_conv(flat, conv_end).reshape(q, k, t), valid)
-    best, span = _shift_left(log_end, lo, -jnp.inf), 1  # max over [i + lo, i + lo + span - 1]
+    best, span = _shift_left(log_end, lo, -jnp.inf), 1  # max of log P_end over [i + lo, i + lo + span - 1]
     while 2 * span <= width:
         best, span = jnp.maximum(best, _shift_left(best, span, -jnp.inf)), 2 * span
     if span < width:
         best = jnp.maximum(best, _shift_left(best, width - span, -jnp.inf))
-    return log_start, log_end, jnp.where(valid, video_term[..., None] + log_start + best, -jnp.inf)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), reloclnet.COSINE_EPS)
-
-
-def _top(scores: np.ndarray, n: int, ordered: bool = True) -> np.ndarray:
-    """Column indices [Q, n] of each row's n largest scores (best first when ``ordered``)."""
-    part = np.argpartition(scores, scores.shape[1] - n, axis=1)[:, -n:] if n < scores.shape[1] else np.tile(
-        np.arange(scores.shape[1]), (scores.shape[0], 1))
-    if not ordered:
-        return part
-    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, 1)
+    bound = jnp.where(valid, video_term[..., None] + log_start.reshape(q, k, t) + best, -jnp.inf)
+    n = min(num_moments, k * t)
+    _, cand = jax.lax.top_k(bound.reshape(q, k * t), n)  # [Q, n] flat (k, i): the n best starts
+    ck, ci = cand // t, cand % t
+    cj = ci[..., None] + lo + jnp.arange(width)  # [Q, n, width] their allowed ends
+    ends = (ck[..., None] * t + jnp.minimum(cj, t - 1)).reshape(q, -1)
+    end_lp = jnp.take_along_axis(log_end.reshape(q, k * t), ends, axis=1).reshape(cj.shape)
+    head = jnp.take_along_axis(video_term, ck, 1) + jnp.take_along_axis(log_start, cand, 1)
+    scores = jnp.where(cj < t, head[..., None] + end_lp, -jnp.inf).reshape(q, n * width)
+    top, pick = jax.lax.top_k(scores, min(num_moments, n * width))
+    which = pick // width
+    return (jnp.take_along_axis(ck, which, 1), jnp.take_along_axis(ci, which, 1),
+            jnp.take_along_axis(cj.reshape(q, -1), pick, 1), top)
 
 
 def rank_moments(sims: np.ndarray, lengths: np.ndarray, video_term: np.ndarray, conv_start, conv_end, *,
@@ -283,32 +273,32 @@ def rank_moments(sims: np.ndarray, lengths: np.ndarray, video_term: np.ndarray, 
     ``lengths`` [Q, K]); video_term [Q, K]; conv_start / conv_end [ker] kernels.
     Moments have ``min_len <= j - i + 1 <= max_len`` clips (``max_len`` 0: any).
 
-    Exact without scoring every (i, j): the N-th largest start bound B(k, i)
-    (:func:`moment_bounds`) is a lower bound of the N-th best moment's score, so every
-    one of the N best moments starts at one of the N best (k, i); only those starts'
-    allowed ends are scored. Returns (k, i, j, scores), each [Q, N']; scores -inf where
-    fewer moments exist.
+    Exact without scoring every (i, j): with B(k, i) = video_term + log P_start(i) + the best
+    allowed log P_end(j) (the best moment starting at i), the N-th largest B is a lower bound
+    of the N-th best moment's score, so every one of the N best moments starts at one of the
+    N best (k, i); only those starts' allowed ends are scored. Returns (k, i, j, scores),
+    each [Q, N']; scores -inf where fewer moments exist.
     """
-    q, k, t = sims.shape
+    t = sims.shape[2]
     lo = max(min_len, 1) - 1  # j - i >= lo
     width = min(max_len - lo, t - lo) if max_len > 0 else t - lo  # allowed ends per start
     if width <= 0:
         raise ValueError(f"no moment length in [{min_len}, {max_len}] fits {t} clips")
-    log_start, log_end, bound = jax.device_get(moment_bounds(
-        sims, lengths, video_term, conv_start, conv_end, lo=lo, width=width))
-    n = min(num_moments, k * t)
-    cand = _top(bound.reshape(q, k * t), n, ordered=False)  # [Q, n] flat (k, i)
-    ck, ci = cand // t, cand % t
-    cj = ci[..., None] + lo + np.arange(width)  # [Q, n, width]
-    ends = (ck[..., None] * t + np.minimum(cj, t - 1)).reshape(q, -1)
-    end_lp = np.take_along_axis(log_end.reshape(q, k * t), ends, axis=1).reshape(cj.shape)
-    end_lp[cj >= t] = -np.inf
-    head = np.take_along_axis(video_term, ck, 1) + np.take_along_axis(log_start.reshape(q, k * t), cand, 1)
-    scores = (head[..., None] + end_lp).reshape(q, n * width)
-    pick = _top(scores, min(num_moments, n * width))
-    which = pick // width
-    return (np.take_along_axis(ck, which, 1), np.take_along_axis(ci, which, 1),
-            np.take_along_axis(cj.reshape(q, -1), pick, 1), np.take_along_axis(scores, pick, 1))
+    return jax.device_get(_rank_moments(sims, lengths, video_term, conv_start, conv_end, num_moments=num_moments,
+                                        lo=lo, width=width))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), reloclnet.COSINE_EPS)
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """Column indices [Q, n] of each row's n largest scores, best first."""
+    part = np.argpartition(scores, scores.shape[1] - n, axis=1)[:, -n:] if n < scores.shape[1] else np.tile(
+        np.arange(scores.shape[1]), (scores.shape[0], 1))
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
 
 
 class CorpusSearcher:
@@ -318,23 +308,25 @@ class CorpusSearcher:
     (clip counts rounded up to ``granule``), in blocks of about ``block_clips`` clips:
     VR is one jitted scan per bucket, a matrix product per block reduced at once to
     per-video maxima. Localisation reads each of the batch's top videos once for all
-    the queries that retrieved it (``threads`` host threads). Give it many queries per
+    the queries that retrieved it, ``group_videos`` videos of a bucket per batched
+    matrix product (``threads`` host threads). Give it many queries per
     call (hundreds to thousands): the corpus is read once per call. Only this layout
     (one float32 copy of the corpus) is kept, not the index's arrays.
     """
 
     def __init__(self, index: CorpusIndex, conv_start: np.ndarray, conv_end: np.ndarray,
                  settings: SearchSettings = SearchSettings(), granule: int = 4, block_clips: int = 832,
-                 threads: int = 2, ann: AnnSettings | None = None):
+                 threads: int = 1, group_videos: int = 16, ann: AnnSettings | None = None):
         if np.any(index.lengths < 1):
             raise ValueError("CorpusIndex: every video needs at least one clip")
         self.vids, self.durations, self.lengths = index.vids, np.asarray(index.durations), index.lengths
         self.num_videos, self.num_streams = index.num_videos, index.context.shape[0]
         self.conv = (jnp.asarray(conv_start, jnp.float32), jnp.asarray(conv_end, jnp.float32))
         self.settings = settings
-        self.max_clips = int(self.lengths.max())
         self.threads = threads
+        self.group_videos = group_videos
         self.buckets = _bucket_layout(index, granule, block_clips)
+        self.max_clips = max(b.length for b in self.buckets)  # T of the localisation arrays (>= every length)
         self._where = np.zeros((self.num_videos, 3), np.int64)  # bucket, block, slot of each video
         for i, b in enumerate(self.buckets):
             pos = np.arange(b.num_real)
@@ -358,28 +350,26 @@ class CorpusSearcher:
             phi[:, b.videos[:b.num_real]] = scores[:, :b.num_real]
         return phi
 
-    def _for_each_video(self, videos: np.ndarray, work) -> None:
-        """Calls work(pairs, keys [M, n, d], norms [M, n]) once per distinct video of ``videos`` [Q, K]
-        (index rows; < 0 skipped) with the flat (q * K + k) positions that name it, in threads."""
+    def _video_groups(self, videos: np.ndarray, group: int = 64):
+        """Yields (bucket, video rows [n], pairs [n, P]): the distinct videos of ``videos`` [Q, K] (index
+        rows; < 0 skipped) in groups of at most ``group`` videos of one bucket with similar numbers of
+        (q, k) pairs naming them; ``pairs`` holds those pairs' flat positions q * K + k (-1 pads)."""
         flat = videos.reshape(-1)
         order = np.argsort(flat, kind="stable")
         ordered = flat[order]
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1, [len(flat)]])
-        groups = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if ordered[a] >= 0]
-
-        def run(chunk):
-            for first, last in chunk:
-                v = ordered[first]
-                bucket, block, slot = self._where[v]
-                b = self.buckets[bucket]
-                rows = slice(slot * b.length, slot * b.length + self.lengths[v])
-                work(order[first:last], b.host_keys[block, :, rows], b.norms[block, :, rows])
-
-        if self.threads > 1 and len(groups) > 1:
-            with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
-                list(pool.map(run, [groups[i::self.threads] for i in range(self.threads)]))
-        else:
-            run(groups)
+        starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+        counts = np.diff(np.concatenate([starts, [len(flat)]]))
+        keep = ordered[starts] >= 0
+        starts, counts, vids = starts[keep], counts[keep], ordered[starts][keep]
+        bucket_of = self._where[vids, 0]
+        for bucket in np.unique(bucket_of):
+            chosen = np.flatnonzero(bucket_of == bucket)
+            chosen = chosen[np.argsort(counts[chosen], kind="stable")]
+            for g in range(0, len(chosen), group):
+                c = chosen[g:g + group]
+                cols = np.arange(counts[c].max())
+                pos = np.minimum(starts[c][:, None] + cols, len(order) - 1)
+                yield bucket, vids[c], np.where(cols < counts[c][:, None], order[pos], -1)
 
     def clip_sims(self, videos: np.ndarray, local_query: np.ndarray) -> np.ndarray:
         """S [Q, K, T] = mean_m h_{m,t} . q'_m of each query in each of its ``videos`` [Q, K] (zero past a
@@ -397,19 +387,29 @@ class CorpusSearcher:
         phi = None if query is None else np.full(q * k, -np.inf, np.float32)
         sims = None if local_query is None else np.zeros((q * k, self.max_clips), np.float32)
 
-        def work(pairs, keys, norms):
-            if unit is not None:
-                rows = unit[pairs // k]  # [P, M, d]
-                phi[pairs] = np.mean([np.max(rows[:, m] @ keys[m].T, axis=1) for m in range(self.num_streams)],
-                                     axis=0)
-            if lq is not None:
-                rows = lq[pairs // k]
-                acc = (rows[:, 0] @ keys[0].T) * norms[0]
-                for m in range(1, self.num_streams):
-                    acc += (rows[:, m] @ keys[m].T) * norms[m]
-                sims[pairs, :keys.shape[1]] = acc
+        def work(groups):
+            for bucket, vids, pairs in groups:  # batched matrix products over the group's videos
+                b = self.buckets[bucket]
+                _, block, slot = self._where[vids].T
+                shape = (b.host_keys.shape[0], self.num_streams, b.per_block, b.length)
+                keys = b.host_keys.reshape(shape + (-1,))[block, :, slot]  # [n, M, L, d]
+                valid = pairs >= 0
+                rows = np.maximum(pairs, 0) // k  # [n, P]
+                if unit is not None:  # repeated last clips leave the maximum unchanged
+                    s = np.matmul(unit[rows].transpose(0, 2, 1, 3), keys.transpose(0, 1, 3, 2))  # [n, M, P, L]
+                    phi[pairs[valid]] = s.max(axis=3).mean(axis=1)[valid]
+                if lq is not None:
+                    s = np.matmul(lq[rows].transpose(0, 2, 1, 3), keys.transpose(0, 1, 3, 2))
+                    s = np.einsum("nmpl,nml->npl", s, b.norms.reshape(shape)[block, :, slot])
+                    s *= np.arange(b.length) < self.lengths[vids][:, None, None]
+                    sims[pairs[valid], :b.length] = s[valid]
 
-        self._for_each_video(videos, work)
+        groups = list(self._video_groups(videos, self.group_videos))
+        if self.threads > 1 and len(groups) > 1:
+            with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
+                list(pool.map(work, [groups[i::self.threads] for i in range(self.threads)]))
+        else:
+            work(groups)
         return (None if phi is None else phi.reshape(q, k),
                 None if sims is None else sims.reshape(q, k, self.max_clips))
 

@@ -65,7 +65,7 @@ MANY = tuple(int(n) for n in np.random.default_rng(7).integers(1, 14, size=23)) 
     (retrieval.SearchSettings(num_videos=5, num_moments=40, alpha=30.0, min_len=2, max_len=4), (5, 9, 3, 7, 6), {}),
     # many buckets of several blocks (the last ones part-filled), two threads, lengths above max_len
     (retrieval.SearchSettings(num_videos=9, num_moments=60, alpha=10.0, min_len=2, max_len=5), MANY,
-     dict(granule=2, block_clips=8, threads=2)),
+     dict(granule=2, block_clips=8, threads=2, group_videos=2)),
     (retrieval.SearchSettings(num_videos=23, num_moments=300, alpha=3.0, min_len=3), MANY,
      dict(granule=3, block_clips=20, threads=3)),
 ])
