@@ -111,7 +111,8 @@ def build_index(workdir: str, split: str, output: str) -> retrieval.CorpusIndex:
 class Engine:
     """Loads an index and the run that built it; answers free-text queries."""
 
-    def __init__(self, index_dir: str, settings: retrieval.SearchSettings | None = None):
+    def __init__(self, index_dir: str, settings: retrieval.SearchSettings | None = None,
+                 ann: retrieval.AnnSettings | None = None):
         self.index = retrieval.CorpusIndex.load(index_dir)
         info = self.index.info
         try:
@@ -133,7 +134,7 @@ class Engine:
             self.index, np.asarray(params["conv_start"]), np.asarray(params["conv_end"]),
             settings or retrieval.SearchSettings(
                 num_videos=min(defaults.num_videos, self.index.num_videos), min_len=int(config.model.min_span_len),
-                max_len=int(config.model.max_span_len)))
+                max_len=int(config.model.max_span_len)), ann=ann)
         self._parser = None
         manifest = train.read_manifest(self.run["data_dir"])
         parser = manifest.get("parser", {})
@@ -184,7 +185,8 @@ def main(argv):
         return
     if not FLAGS.index or not FLAGS.query:
         raise app.UsageError("give --index and --query (or --workdir and --build_index to build one)")
-    for row in Engine(FLAGS.index).search(FLAGS.query, FLAGS.k):
+    ann = retrieval.AnnSettings(nprobe=FLAGS.ann_nprobe) if FLAGS.ann else None
+    for row in Engine(FLAGS.index, ann=ann).search(FLAGS.query, FLAGS.k):
         print(json.dumps(row))
 
 
@@ -195,4 +197,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("index", "", "An index built by --build_index.")
     flags.DEFINE_string("query", "", "The sentence to search for.")
     flags.DEFINE_integer("k", 10, "Moments to print.")
+    flags.DEFINE_bool("ann", False, "Approximate video retrieval (faiss candidates re-scored exactly).")
+    flags.DEFINE_integer("ann_nprobe", retrieval.AnnSettings.nprobe, "Inverted lists probed per stream with --ann.")
     app.run(main)

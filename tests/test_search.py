@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import reloclnet as reloclnet_config
-from jvmr import registry, search, train
+from jvmr import registry, retrieval, search, train
 from jvmr.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,6 +83,11 @@ def test_index_search_encodes_queries_as_training_did(run, tmp_path):
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
     with pytest.raises(ValueError, match="empty query"):
         engine.search("   ")
+    # The ANN path probing every list and re-scoring every video finds the same moments.
+    ann = retrieval.AnnSettings(nlist=2, nprobe=2, clips_per_stream=index.num_clips, rescore=index.num_videos)
+    approx = search.Engine(out, ann=ann).search(batch["query"][0].decode(), k=7)
+    assert [(r["vid"], r["start"], r["end"]) for r in approx] == [(r["vid"], r["start"], r["end"]) for r in rows]
+    np.testing.assert_allclose([r["score"] for r in approx], [r["score"] for r in rows], rtol=1e-5, atol=1e-4)
 
 
 def test_index_of_another_vocabulary_is_refused(run, tmp_path):
