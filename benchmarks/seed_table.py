@@ -39,11 +39,11 @@ def last_eval(workdir: str, split: str) -> dict[str, float]:
     return max(rows, key=lambda r: r["step"])
 
 
-def mean_sd(values: Sequence[float]) -> str:
+def mean_sd(values: Sequence[float], decimals: int = 1) -> str:
     a = np.asarray(values, np.float64)
     if a.size == 1:
-        return f"{a[0]:.1f}"
-    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}"
+        return f"{a[0]:.{decimals}f}"
+    return f"{a.mean():.{decimals}f} ± {a.std(ddof=1):.{decimals}f}"
 
 
 def rows_from_runs(specs: Iterable[str], split: str) -> dict[str, list[dict[str, float]]]:
@@ -69,13 +69,13 @@ def rows_from_baselines(patterns: Iterable[str], split: str) -> dict[str, list[d
     return dict(rows)
 
 
-def table(rows: dict[str, list[dict[str, float]]], columns: Sequence[str]) -> str:
+def table(rows: dict[str, list[dict[str, float]]], columns: Sequence[str], decimals: int = 1) -> str:
     """A Markdown table: one row per label, mean ± sd of each column over its runs."""
     header = [c.replace("/R@1,IoU=0.5", "") for c in columns]
     lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, runs in rows.items():
         note = f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if len(runs) != 3 else ""
-        cells = [mean_sd([r[c] for r in runs]) if all(c in r for r in runs) else "–" for c in columns]
+        cells = [mean_sd([r[c] for r in runs], decimals) if all(c in r for r in runs) else "–" for c in columns]
         lines.append(f"| {label}{note} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per_type", action="store_true", help="columns: R@1,IoU=0.5 of every query type")
     parser.add_argument("--by_split", default="",
                         help="comma-separated splits as the columns, of one metric (--column, default R@1,IoU=0.5)")
+    parser.add_argument("--decimals", type=int, default=1, help="digits after the point")
     args = parser.parse_args(argv)
     if args.by_split:
         metric = args.column[0] if args.column else "R@1,IoU=0.5"
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 merged.setdefault(label, [{} for _ in runs])
                 for row, run in zip(merged[label], runs):
                     row[split] = run[metric]
-        print(table(merged, splits))
+        print(table(merged, splits, args.decimals))
         return
     rows = {**rows_from_baselines(args.baselines, args.split), **rows_from_runs(args.run, args.split)}
     if args.per_type:
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         columns = [f"{t}/R@1,IoU=0.5" for t in types]
     else:
         columns = args.column or list(DEFAULT_COLUMNS)
-    print(table(rows, columns))
+    print(table(rows, columns, args.decimals))
 
 
 if __name__ == "__main__":

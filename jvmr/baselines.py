@@ -19,6 +19,14 @@ the models, and the rule-based one says how much is solvable by rules:
   fixed switch penalty, then the grammar's own semantics (``synthetic.resolve``)
   applied to the query's fields on the decoded events.
 
+On a corpus (``synthetic_corpus``, or any dataset under the ``tvr`` protocol) the
+rows are VCMR / SVMR / VR with the corpus evaluator's keys instead:
+
+* ``random_video``: per query, 100 random videos of the split (VR), one random
+  span in each (VCMR), and 100 random spans in its own video (SVMR).
+* ``prior``: query-blind: one random video order for every query, the
+  ``fixed_prior_span`` spans in them (VCMR) and in the query's own video (SVMR).
+
 (The trained query-blind model is a model switch, ``model.query_blind``.)
 
 CLI (absl flags)::
@@ -37,7 +45,7 @@ import collections
 import json
 import os
 import sys
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -467,6 +475,10 @@ def run_baselines(data_dir: str, splits: Sequence[str] | None = None, train_spli
         def score(spans, scores):
             return metrics.evaluate_split(protocol, spans, scores, gt, valid, types)[0]
 
+        if dataset == "synthetic_corpus" or protocol.name == "tvr":  # a corpus: VCMR / SVMR / VR rows
+            for name, result in _corpus_baselines(data, prior_spans, lambda name: rng(name, split), num_draws).items():
+                report[name][split] = result
+            continue
         ranks = np.arange(k, 0, -1, dtype=np.float64)[None].repeat(len(d), 0)
         report["random_span"][split] = score(random_span_predictions(d, seed, k), ranks)
         report["fixed_prior_span"][split] = score(prior_spans[None] * d[:, None, None],
@@ -482,6 +494,69 @@ def run_baselines(data_dir: str, splits: Sequence[str] | None = None, train_spli
             report["rule_based"][split] = score(*rule_based_candidates(
                 records, data["features"], data["qid"], synthetic_cfg, k))
     return {name: dict(v) for name, v in report.items()}
+
+
+def corpus_baseline_blocks(vids: Sequence[str], durations: np.ndarray, corpus: Sequence[str],
+                           corpus_durations: np.ndarray, rng: np.random.Generator,
+                           prior_spans: np.ndarray | None = None, k: int = metrics.TVR_MAX_PRED_PER_QUERY
+                           ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """TVR prediction blocks (``metrics.evaluate_tvr``) of a baseline that never reads the query.
+
+    Without ``prior_spans`` (``random_video``): per query, ``k`` random distinct videos of the corpus
+    (VR) with one uniformly random span in each (VCMR, in that order), and ``k`` random spans in its
+    own video (SVMR). With normalised ``prior_spans`` [P, 2] (``prior``): one random video order
+    shared by every query (a query-blind ranking), the VCMR moments ``prior_spans`` x that order
+    (every prior span of the first video, then the second ...), and the prior spans in the query's
+    own video (SVMR).
+
+    Args: vids [Q] / durations [Q]: each query's video and its duration; corpus [V] / corpus_durations [V]:
+    the split's videos. Returns {'VCMR', 'SVMR', 'VR'} -> (pred_vid [Q, P], pred_spans [Q, P, 2] seconds,
+    pred_valid [Q, P]) with video indices into ``corpus``.
+    """
+    row = {v: i for i, v in enumerate(corpus)}
+    q, v = len(vids), len(corpus)
+    own = np.asarray([row[x] for x in vids], np.int64)
+    n = min(k, v)
+    if prior_spans is None:
+        order = np.argsort(rng.random((q, v)), axis=1)[:, :n]  # k distinct random videos per query
+        vcmr_spans = random_span_predictions(corpus_durations[order].reshape(-1), int(rng.integers(1 << 31)), 1)
+        vcmr = (order, vcmr_spans.reshape(q, n, 2))
+        svmr_spans = random_span_predictions(durations, int(rng.integers(1 << 31)), k)
+    else:
+        order = np.broadcast_to(rng.permutation(v)[:n], (q, n))
+        p = len(prior_spans)
+        per = max(1, -(-k // p))  # videos whose prior spans fill the k VCMR slots
+        moment_vid = np.repeat(order[:, :per], p, axis=1)[:, :k]
+        moment_span = np.tile(prior_spans, (per, 1))[:k]
+        vcmr = (moment_vid, moment_span[None] * corpus_durations[moment_vid][..., None])
+        svmr_spans = np.broadcast_to(prior_spans[None], (q, p, 2)) * durations[:, None, None]
+    vr_spans = np.zeros(order.shape + (2,))
+    return {"VCMR": (vcmr[0], vcmr[1], np.ones(vcmr[0].shape, bool)),
+            "SVMR": (np.broadcast_to(own[:, None], svmr_spans.shape[:2]), svmr_spans,
+                     np.ones(svmr_spans.shape[:2], bool)),
+            "VR": (order, vr_spans, np.ones(order.shape, bool))}
+
+
+def _corpus_baselines(data: dict[str, Any], prior_spans: np.ndarray, rng: Callable[[str], np.random.Generator],
+                      num_draws: int) -> dict[str, dict[str, float]]:
+    """random_video and prior (query-blind) rows of a corpus split under the ``tvr`` protocol (keys as
+    ``jvmr.retrieval.evaluate_corpus`` logs them), averaged over ``num_draws`` draws."""
+    corpus, first = np.unique(np.asarray(data["vid"]), return_index=True)
+    corpus_durations = data["duration"][first]
+    own = np.searchsorted(corpus, np.asarray(data["vid"]))
+    types = np.asarray(data["query_type"])
+    desc_types = types if len(types) and set(types) <= set(metrics.TVR_DESC_TYPES) else None
+    out = {}
+    for name, spans in (("random_video", None), ("prior", prior_spans)):
+        stream = rng(name)
+        results = []
+        for _ in range(num_draws):
+            blocks = corpus_baseline_blocks(data["vid"], data["duration"], list(corpus), corpus_durations, stream,
+                                            spans)
+            full = metrics.evaluate_tvr(blocks, own, data["gt_spans"], data["gt_valid"], desc_types)
+            results.append(dict(metrics.flat_metrics(full), **metrics.tvr_type_headlines(full)))
+        out[name] = _average(results)
+    return out
 
 
 def get_protocol_for(dataset: str, protocol: str = "") -> metrics.Protocol:

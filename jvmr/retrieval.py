@@ -570,6 +570,47 @@ def _blocks(submission: Mapping[str, Any], num_queries: int) -> dict[str, tuple[
     return blocks
 
 
+def encode_queries(encode_query, batches: Iterable[Mapping[str, np.ndarray]],
+                   strings: tuple[str, ...] = ("qid", "query"), arrays: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Encodes every real query (``example_mask`` > 0) of ``batches`` with the model's query encoder.
+
+    Returns query / local_query [N, M, d] (q_m / q'_m), the batch's ``strings`` keys decoded
+    (lists of N; the sentence ``query`` is returned as ``query_text``) and its ``arrays`` keys
+    concatenated ([N, ...]).
+    """
+    out: dict[str, list] = {k: [] for k in ("query", "local_query", *arrays)}
+    text = {k: [] for k in strings}
+    for batch in batches:
+        keep = batch["example_mask"] > 0
+        enc = jax.device_get(encode_query(batch))
+        for k in ("query", "local_query"):
+            out[k].append(np.asarray(enc[k])[keep])
+        for k in arrays:
+            out[k].append(batch[k][keep])
+        for k in strings:
+            text[k].extend(x.decode() for x in batch[k][keep])
+    if not out["query"]:
+        raise ValueError("no query to encode")
+    result: dict[str, Any] = {k: np.concatenate(v) for k, v in out.items()}
+    result.update({("query_text" if k == "query" else k): v for k, v in text.items()})
+    return result
+
+
+def search_all(searcher: CorpusSearcher, query: np.ndarray, local_query: np.ndarray, search_batch: int = 1024,
+               svmr_videos: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """:meth:`CorpusSearcher.search` over all queries [N, M, d] in chunks of ``search_batch`` (the corpus is
+    read once per chunk), merged; with ``svmr_videos`` [N] (index rows) also SVMR in those videos
+    (``svmr_moment_spans`` / ``svmr_moment_scores``)."""
+    found = []
+    for a in range(0, len(query), search_batch):
+        qs = slice(a, a + search_batch)
+        result = searcher.search(query[qs], local_query[qs])
+        if svmr_videos is not None:
+            result.update({f"svmr_{k}": v for k, v in searcher.localize_in(svmr_videos[qs], local_query[qs]).items()})
+        found.append(result)
+    return {k: np.concatenate([f[k] for f in found]) for k in found[0]}
+
+
 def evaluate_corpus(encode_query, encode_context, params: Mapping[str, Any],
                     batches: Iterable[Mapping[str, np.ndarray]], settings: SearchSettings,
                     info: Mapping[str, Any], search_batch: int = 1024, ann: AnnSettings | None = None
@@ -587,38 +628,16 @@ def evaluate_corpus(encode_query, encode_context, params: Mapping[str, Any],
     row = {v: i for i, v in enumerate(index.vids)}
     searcher = CorpusSearcher(index, np.asarray(params["conv_start"]), np.asarray(params["conv_end"]), settings,
                               ann=ann)
-    host: dict[str, list] = {k: [] for k in ("qid", "vid", "query", "query_type")}
-    gts, gt_masks, queries, local_queries = [], [], [], []
-    for batch in batches:
-        keep = batch["example_mask"] > 0
-        enc = encode_query(batch)
-        queries.append(np.asarray(enc["query"])[keep])
-        local_queries.append(np.asarray(enc["local_query"])[keep])
-        for k in host:
-            host[k].extend(x.decode() for x in batch[k][keep])
-        gts.append(batch["gt_spans"][keep])
-        gt_masks.append(batch["gt_spans_mask"][keep] > 0)
-    query, local_query = np.concatenate(queries), np.concatenate(local_queries)
-    found = []
-    for a in range(0, len(query), search_batch):  # the corpus is read once per chunk
-        qs = slice(a, a + search_batch)
-        result = searcher.search(query[qs], local_query[qs])
-        gt_rows = np.asarray([row[v] for v in host["vid"][qs]])
-        result.update({f"svmr_{k}": v for k, v in searcher.localize_in(gt_rows, local_query[qs]).items()})
-        found.append(result)
-    merged = {k: np.concatenate([f[k] for f in found]) for k in found[0]}
-    gt_vid = np.asarray([row[v] for v in host["vid"]])
+    enc = encode_queries(encode_query, batches, strings=("qid", "vid", "query", "query_type"),
+                         arrays=("gt_spans", "gt_spans_mask"))
+    gt_vid = np.asarray([row[v] for v in enc["vid"]])
+    merged = search_all(searcher, enc["query"], enc["local_query"], search_batch, svmr_videos=gt_vid)
     svmr = {"video": gt_vid, "moment_spans": merged["svmr_moment_spans"], "moment_scores": merged["svmr_moment_scores"]}
-    submission = tvr_submission(index, host["qid"], host["query"], merged, svmr)
-    types = np.asarray(host["query_type"])
+    submission = tvr_submission(index, enc["qid"], enc["query_text"], merged, svmr)
+    types = np.asarray(enc["query_type"])
     desc_types = types if len(types) and set(types) <= set(metrics_lib.TVR_DESC_TYPES) else None
-    gt, gt_valid = np.concatenate(gts), np.concatenate(gt_masks)
+    gt, gt_valid = enc["gt_spans"], enc["gt_spans_mask"] > 0
     full = metrics_lib.evaluate_tvr(_blocks(submission, len(gt_vid)), gt_vid, gt, gt_valid, desc_types)
-    flat = metrics_lib.flat_metrics(full)
-    if desc_types is not None:
-        for task in metrics_lib.TVR_TASK_TYPES:
-            key = "r1" if task == "VR" else "0.5-r1"
-            for dt in sorted(set(desc_types)):
-                flat[f"{dt}/{task}-{key}"] = full[f"{task}_by_type"][f"{dt}-{key}"]
+    flat = dict(metrics_lib.flat_metrics(full), **metrics_lib.tvr_type_headlines(full))
     flat["num_videos"] = index.num_videos
     return flat, {"submission": submission, "metrics": full, "index": index}

@@ -18,7 +18,6 @@ import json
 import sys
 from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags
 
@@ -50,23 +49,14 @@ def make_submission(workdir: str, split: str, step: int | None = None, search_ba
             settings, search.index_info(run, split), search_batch=search_batch, ann=ann)
         return predictions["submission"], metrics
     index = search.corpus_index(run, split)
-    qids, texts, queries, local_queries = [], [], [], []
-    for batch in search.split_batches(run, split, "query"):
-        keep = batch["example_mask"] > 0
-        enc = jax.device_get(encode_query(batch))
-        queries.append(np.asarray(enc["query"])[keep])
-        local_queries.append(np.asarray(enc["local_query"])[keep])
-        qids.extend(q.decode() for q in batch["qid"][keep])
-        texts.extend(q.decode() for q in batch["query"][keep])
-    if not qids:
-        raise ValueError(f"split {split!r} of {run['data_dir']} has no query")
-    query, local_query = np.concatenate(queries), np.concatenate(local_queries)
+    try:
+        enc = retrieval.encode_queries(encode_query, search.split_batches(run, split, "query"))
+    except ValueError:
+        raise ValueError(f"split {split!r} of {run['data_dir']} has no query") from None
     searcher = retrieval.CorpusSearcher(index, np.asarray(run["params"]["conv_start"]),
                                         np.asarray(run["params"]["conv_end"]), settings, ann=ann)
-    found = [searcher.search(query[a:a + search_batch], local_query[a:a + search_batch])
-             for a in range(0, len(query), search_batch)]
-    merged = {k: np.concatenate([f[k] for f in found]) for k in found[0]}
-    return retrieval.tvr_submission(index, qids, texts, merged), None
+    merged = retrieval.search_all(searcher, enc["query"], enc["local_query"], search_batch)
+    return retrieval.tvr_submission(index, enc["qid"], enc["query_text"], merged), None
 
 
 def main(argv):

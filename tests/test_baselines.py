@@ -217,3 +217,55 @@ def test_viterbi_switch_against_brute_force():
                    key=lambda p: sum(ll[t, s] for t, s in enumerate(p)) - 0.7 * sum(a != b for a, b in zip(p, p[1:])))
         score = lambda p: sum(ll[t, s] for t, s in enumerate(p)) - 0.7 * sum(a != b for a, b in zip(p, p[1:]))  # noqa
         assert score(tuple(path)) == pytest.approx(score(best))
+
+
+def _corpus_setup(num_videos=40, per_video=50, seed=0):
+    rng = np.random.default_rng(seed)
+    corpus = [f"v{i}" for i in range(num_videos)]
+    corpus_durations = rng.uniform(20, 60, num_videos)
+    vids = [corpus[i % num_videos] for i in range(num_videos * per_video)]
+    durations = corpus_durations[np.arange(len(vids)) % num_videos]
+    start = rng.uniform(0, 0.5, len(vids)) * durations
+    gt = np.stack([start, start + 0.3 * durations], axis=1)[:, None]
+    return vids, durations, corpus, corpus_durations, gt
+
+
+def test_corpus_random_video_is_chance():
+    """VR R@k of random videos is k / V (2,000 queries, 40 videos: R@1 = 2.5% +- 0.35 sd), the gt video is
+    always in the top 100 of 40, and the query-blind order is one order for every query."""
+    vids, durations, corpus, corpus_durations, gt = _corpus_setup()
+    own = np.asarray([corpus.index(v) for v in vids])
+    rng = np.random.default_rng(1)
+    blocks = B.corpus_baseline_blocks(vids, durations, corpus, corpus_durations, rng)
+    result = M.flat_metrics(M.evaluate_tvr(blocks, own, gt, np.ones(gt.shape[:2], bool)))
+    assert abs(result["VR-r1"] - 2.5) < 1.2 and abs(result["VR-r10"] - 25.0) < 3.5
+    assert result["VR-r100"] == 100.0
+    assert blocks["VR"][0].shape == (len(vids), 40) and all(len(set(r)) == 40 for r in blocks["VR"][0][:20])
+    # each VCMR moment lies inside its video
+    vcmr_vid, vcmr_spans, _ = blocks["VCMR"]
+    assert np.all(vcmr_spans[..., 1] <= corpus_durations[vcmr_vid] + 1e-9) and np.all(vcmr_spans >= 0)
+
+    prior = np.asarray([[0.0, 0.5], [0.5, 1.0], [0.25, 0.75]])
+    blocks = B.corpus_baseline_blocks(vids, durations, corpus, corpus_durations, rng, prior, k=7)
+    order = blocks["VR"][0]
+    assert np.all(order == order[0])  # query-blind: the same ranking for every query
+    vcmr_vid, vcmr_spans, _ = blocks["VCMR"]
+    np.testing.assert_array_equal(vcmr_vid[0], np.repeat(order[0, :3], 3)[:7])
+    np.testing.assert_allclose(vcmr_spans[0, 3], prior[0] * corpus_durations[order[0, 1]])
+    np.testing.assert_allclose(blocks["SVMR"][1][5], prior * durations[5])
+
+
+def test_cli_corpus_baselines_on_the_corpus_benchmark(tmp_path):
+    """``jvmr.baselines`` on a built corpus benchmark reports random_video and prior rows with the
+    corpus evaluator's keys; VR R@1 of random videos is near 1 / V."""
+    from jvmr.data import corpus, synthetic
+    world = synthetic.SyntheticConfig(num_train=300, num_val=120, num_test=120, num_test_novel=0,
+                                      num_test_paraphrase=0, max_clips=48)
+    corpus.build(str(tmp_path), corpus.CorpusConfig(synthetic=world))
+    report = B.run_baselines(str(tmp_path), splits=["val"], num_draws=4)
+    assert set(report) == {"random_video", "prior"}
+    val = report["random_video"]["val"]
+    num_videos = len({json.loads(line)["vid"] for line in open(tmp_path / "val_videos.jsonl")})
+    assert abs(val["VR-r1"] - 100.0 / num_videos) < 100.0 / num_videos + 2.0
+    assert {"VCMR-0.5-r1", "SVMR-0.7-r10", "v/VR-r1", "t/SVMR-0.5-r1"} <= set(val)
+    assert report["prior"]["val"]["VCMR-0.5-r1"] <= 2.0

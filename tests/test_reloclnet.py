@@ -52,6 +52,8 @@ def model_config(**overrides):
     cfg.model.word_dim = 8
     cfg.model.num_heads = 2
     cfg.model.max_positions = 32  # a fixed table, so that longer padding fits
+    cfg.loss.vr_negatives = "mean"  # the paper's hinge (the embedded default samples, as released)
+    cfg.loss.hard_negative_start_step = -1
     cfg.model.update(overrides)
     return cfg
 
@@ -365,3 +367,20 @@ def test_global_negatives_across_devices_equal_the_global_batch(model_and_output
         np.testing.assert_allclose(g_dev[k], g_whole[k], rtol=1e-4, atol=1e-6, err_msg=k)
     # Per-device negatives (fewer, none across devices) give another loss.
     assert float(device_mean(out, global_negatives=False)) != pytest.approx(float(whole(out)), rel=1e-3)
+
+
+def test_conv_init_switch():
+    """'torch' draws the start / end kernels from U(-1/sqrt(K), 1/sqrt(K)) (torch.nn.Conv1d's default),
+    'normal' from N(0, 0.02); anything else is refused."""
+    k = 101  # a wide kernel, so the two distributions are told apart from one draw
+    torch_init = np.asarray(rl.conv_kernel_init("torch")(jax.random.key(0), (k,)))
+    assert np.all(np.abs(torch_init) <= 1 / np.sqrt(k)) and np.std(torch_init) > 0.5 / np.sqrt(3 * k)
+    normal_init = np.asarray(rl.conv_kernel_init("normal")(jax.random.key(0), (k,)))
+    assert 0.012 < np.std(normal_init) < 0.028
+    with pytest.raises(ValueError, match="conv_init"):
+        rl.conv_kernel_init("xavier")
+    for kind, bound in (("torch", 1 / np.sqrt(5)), ("normal", 0.1)):
+        model = registry.create_model(model_config(conv_init=kind).model, vocab_size=20)
+        params = model.init(jax.random.key(1), make_batch(), train=False)["params"]
+        assert np.max(np.abs(params["conv_start"])) <= bound
+    assert reloclnet_config.get_config("tvr").model.conv_init == "torch"

@@ -35,6 +35,8 @@ def test_last_step_mean_and_sample_sd(tmp_path, capsys):
     seed_table.main([f"--run=CMIN={tmp_path}/cmin_s*", "--by_split=val,test"])
     assert capsys.readouterr().out.splitlines() == ["| method | val | test |", "|---|---|---|",
                                                      "| CMIN | 0.0 ± 0.0 | 70.0 ± 10.0 |"]
+    seed_table.main(["--split=test", f"--run=CMIN={tmp_path}/cmin_s*", "--column=R@1,IoU=0.5", "--decimals=2"])
+    assert capsys.readouterr().out.splitlines()[-1] == "| CMIN | 70.00 ± 10.00 |"
 
 
 def test_missing_runs_and_splits_are_errors(tmp_path):

@@ -97,6 +97,19 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def tvr_type_headlines(metrics: dict[str, Any]) -> dict[str, float]:
+    """``{type}/{task}-0.5-r1`` (``{type}/VR-r1``) of a TVR result's ``{task}_by_type`` blocks, for every
+    description type that has queries (the reference writes NaN for the others)."""
+    out = {}
+    for task in TVR_TASK_TYPES:
+        key = "r1" if task == "VR" else "0.5-r1"
+        for dt in TVR_DESC_TYPES:
+            value = metrics.get(f"{task}_by_type", {}).get(f"{dt}-{key}")
+            if value is not None and np.isfinite(value):
+                out[f"{dt}/{task}-{key}"] = value
+    return out
+
+
 def primary_metric_key(protocol: str | Protocol) -> str:
     """The flat key of a protocol's headline number (R@1 at IoU 0.5)."""
     protocol = get_protocol(protocol)

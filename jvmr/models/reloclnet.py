@@ -170,6 +170,23 @@ def localization_conv(sim: Array, kernel: Array) -> Array:
     return sum(padded[:, i: i + sim.shape[1]] * kernel[i] for i in range(k))  # shifted slices (one fused loop)
 
 
+CONV_INITS = ("normal", "torch")
+
+
+def conv_kernel_init(kind: str):
+    """Initialiser of a start / end kernel [K]: 'normal' N(0, 0.02) (the released code's initializer_range,
+    which it applies to its linear layers), or 'torch' U(-1/sqrt(K), 1/sqrt(K)) (torch.nn.Conv1d's default
+    for one input channel, which the released code keeps for these convolutions)."""
+    if kind == "normal":
+        return nn.initializers.normal(0.02)
+    if kind == "torch":
+        def init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+            bound = 1.0 / shape[0] ** 0.5
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return init
+    raise ValueError(f"conv_init must be one of {CONV_INITS}, got {kind!r}")
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -185,6 +202,7 @@ class ReLoCLNet(nn.Module):
       input_dropout: dropout inside the LinearLayer projections; dropout: after attention.
       attention_dropout: on attention weights.
       conv_kernel_size: width K of the start / end convolutions (released: 5).
+      conv_init: their initialiser (:func:`conv_kernel_init`; released: 'torch').
       use_subtitles: a second, subtitle stream (the batch's ``subtitle_feats``).
       use_cross_attention: the co-attention block between the streams (with two streams).
       use_query_features: the query is the batch's pre-extracted ``query_feats`` tokens.
@@ -205,6 +223,7 @@ class ReLoCLNet(nn.Module):
     dropout: float = 0.1
     attention_dropout: float = 0.1
     conv_kernel_size: int = 5
+    conv_init: str = "torch"
     use_subtitles: bool = False
     use_cross_attention: bool = True
     use_query_features: bool = False
@@ -295,8 +314,8 @@ class ReLoCLNet(nn.Module):
     @nn.compact
     def localize(self, local_query: Array, context: Array, context_mask: Array) -> tuple[Array, Array]:
         """Start / end logits [B, T] of each (query, video) pair (:func:`localization_logits`)."""
-        init = nn.initializers.normal(0.02)
         k = self.conv_kernel_size
+        init = conv_kernel_init(self.conv_init)
         return localization_logits(local_query, context, context_mask, self.param("conv_start", init, (k,)),
                                    self.param("conv_end", init, (k,)))
 
