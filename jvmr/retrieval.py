@@ -146,8 +146,8 @@ class AnnSettings:
     (``nlist`` k-means lists, 0 = about 4 sqrt(clips) with >= 39 clips each; 8-bit scalar-quantised
     codes); a query probes ``nprobe`` lists per stream for its ``clips_per_stream`` best clips, ranks
     their videos by the scores seen (a stream without a seen clip counts its lowest seen score), and
-    re-scores the ``rescore`` best of them exactly (phi from every clip). The defaults cost 0.45 points
-    of VR R@100 on the trained embedded corpus benchmark (README)."""
+    re-scores the ``rescore`` best of them exactly (phi from every clip). The defaults cost 0.35-0.58
+    points of VR R@100 on the trained embedded corpus benchmark (README)."""
 
     nlist: int = 0
     nprobe: int = 64
