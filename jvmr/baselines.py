@@ -544,8 +544,7 @@ def _corpus_baselines(data: dict[str, Any], prior_spans: np.ndarray, rng: Callab
     corpus, first = np.unique(np.asarray(data["vid"]), return_index=True)
     corpus_durations = data["duration"][first]
     own = np.searchsorted(corpus, np.asarray(data["vid"]))
-    types = np.asarray(data["query_type"])
-    desc_types = types if len(types) and set(types) <= set(metrics.TVR_DESC_TYPES) else None
+    desc_types = metrics.tvr_desc_types(data["query_type"])
     out = {}
     for name, spans in (("random_video", None), ("prior", prior_spans)):
         stream = rng(name)

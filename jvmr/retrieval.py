@@ -571,8 +571,10 @@ def _blocks(submission: Mapping[str, Any], num_queries: int) -> dict[str, tuple[
 
 
 def encode_queries(encode_query, batches: Iterable[Mapping[str, np.ndarray]],
-                   strings: tuple[str, ...] = ("qid", "query"), arrays: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Encodes every real query (``example_mask`` > 0) of ``batches`` with the model's query encoder.
+                   strings: tuple[str, ...] = ("qid", "query"), arrays: tuple[str, ...] = (),
+                   source: str = "the batches") -> dict[str, Any]:
+    """Encodes every real query (``example_mask`` > 0) of ``batches`` with the model's query encoder;
+    ValueError naming ``source`` when there is none.
 
     Returns query / local_query [N, M, d] (q_m / q'_m), the batch's ``strings`` keys decoded
     (lists of N; the sentence ``query`` is returned as ``query_text``) and its ``arrays`` keys
@@ -590,7 +592,7 @@ def encode_queries(encode_query, batches: Iterable[Mapping[str, np.ndarray]],
         for k in strings:
             text[k].extend(x.decode() for x in batch[k][keep])
     if not out["query"]:
-        raise ValueError("no query to encode")
+        raise ValueError(f"{source} has no query")
     result: dict[str, Any] = {k: np.concatenate(v) for k, v in out.items()}
     result.update({("query_text" if k == "query" else k): v for k, v in text.items()})
     return result
@@ -634,8 +636,7 @@ def evaluate_corpus(encode_query, encode_context, params: Mapping[str, Any],
     merged = search_all(searcher, enc["query"], enc["local_query"], search_batch, svmr_videos=gt_vid)
     svmr = {"video": gt_vid, "moment_spans": merged["svmr_moment_spans"], "moment_scores": merged["svmr_moment_scores"]}
     submission = tvr_submission(index, enc["qid"], enc["query_text"], merged, svmr)
-    types = np.asarray(enc["query_type"])
-    desc_types = types if len(types) and set(types) <= set(metrics_lib.TVR_DESC_TYPES) else None
+    desc_types = metrics_lib.tvr_desc_types(enc["query_type"])
     gt, gt_valid = enc["gt_spans"], enc["gt_spans_mask"] > 0
     full = metrics_lib.evaluate_tvr(_blocks(submission, len(gt_vid)), gt_vid, gt, gt_valid, desc_types)
     flat = dict(metrics_lib.flat_metrics(full), **metrics_lib.tvr_type_headlines(full))

@@ -49,10 +49,8 @@ def make_submission(workdir: str, split: str, step: int | None = None, search_ba
             settings, search.index_info(run, split), search_batch=search_batch, ann=ann)
         return predictions["submission"], metrics
     index = search.corpus_index(run, split)
-    try:
-        enc = retrieval.encode_queries(encode_query, search.split_batches(run, split, "query"))
-    except ValueError:
-        raise ValueError(f"split {split!r} of {run['data_dir']} has no query") from None
+    enc = retrieval.encode_queries(encode_query, search.split_batches(run, split, "query"),
+                                   source=f"split {split!r} of {run['data_dir']}")
     searcher = retrieval.CorpusSearcher(index, np.asarray(run["params"]["conv_start"]),
                                         np.asarray(run["params"]["conv_end"]), settings, ann=ann)
     merged = retrieval.search_all(searcher, enc["query"], enc["local_query"], search_batch)

@@ -97,6 +97,13 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def tvr_desc_types(query_types: Sequence[str] | None) -> np.ndarray | None:
+    """The query types as TVR's description types [Q] when every one is v / t / vt (and there is one),
+    else None (no by-type breakdown)."""
+    types = None if query_types is None else np.asarray(query_types)
+    return types if types is not None and len(types) and set(types) <= set(TVR_DESC_TYPES) else None
+
+
 def tvr_type_headlines(metrics: dict[str, Any]) -> dict[str, float]:
     """``{type}/{task}-0.5-r1`` (``{type}/VR-r1``) of a TVR result's ``{task}_by_type`` blocks, for every
     description type that has queries (the reference writes NaN for the others)."""
@@ -130,8 +137,8 @@ def evaluate_split(protocol: str | Protocol, cand_spans: np.ndarray, cand_scores
     """
     protocol = get_protocol(protocol)
     types = None if query_types is None else np.asarray(query_types)
-    tvr_types = types if types is not None and set(types) <= set(TVR_DESC_TYPES) else None
-    full, scored = evaluate_candidates(protocol, cand_spans, cand_scores, gt_spans, gt_valid, desc_types=tvr_types)
+    full, scored = evaluate_candidates(protocol, cand_spans, cand_scores, gt_spans, gt_valid,
+                                       desc_types=tvr_desc_types(types))
     result = flat_metrics(full)
     if types is not None and len(set(types)) > 1:
         key = primary_metric_key(protocol)
