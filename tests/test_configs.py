@@ -96,6 +96,8 @@ def test_reloclnet_presets():
     assert (tvr.model.min_span_len, tvr.model.max_span_len, tvr.dataset.max_video_len) == (2, 16, 128)
     assert (tvr.loss.localization_weight, tvr.loss.video_cl_weight, tvr.loss.frame_cl_weight) == (0.01, 0.03, 0.03)
     assert tvr.loss.vr_negatives == "sampled" and tvr.loss.hard_pool_size == 20
+    assert (tvr.loss.cl_critic, tvr.loss.cl_stream_fusion) == ("dot", "estimators")
+    assert (default.loss.cl_critic, default.loss.frame_cl_weight) == ("scaled_dot", 1.0)  # the embedded default
     assert (tvr.optimizer.learning_rate, tvr.optimizer.weight_decay, tvr.batch_size) == (1e-4, 0.01, 128)
     assert tvr.optimizer.decay_only_kernels and tvr.optimizer.schedule == "linear"
     anet = reloclnet.get_config("activitynet_captions")

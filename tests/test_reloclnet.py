@@ -9,6 +9,7 @@ import pytest
 from configs import reloclnet as reloclnet_config
 from jvmr import registry
 from jvmr.models import reloclnet as rl
+from jvmr.models.spans import boundary_indices
 
 B, T, L, D, DS = 6, 12, 7, 10, 5
 VIDEO_LENGTHS = [12, 9, 5, 12, 7, 10]
@@ -54,6 +55,8 @@ def model_config(**overrides):
     cfg.model.max_positions = 32  # a fixed table, so that longer padding fits
     cfg.loss.vr_negatives = "mean"  # the paper's hinge (the embedded default samples, as released)
     cfg.loss.hard_negative_start_step = -1
+    cfg.loss.cl_critic = "dot"  # the released critic, as the paper's formulas (scaled_dot: its own test)
+    cfg.loss.frame_cl_weight = 0.03
     cfg.model.update(overrides)
     return cfg
 
@@ -384,3 +387,69 @@ def test_conv_init_switch():
         params = model.init(jax.random.key(1), make_batch(), train=False)["params"]
         assert np.max(np.abs(params["conv_start"])) <= bound
     assert reloclnet_config.get_config("tvr").model.conv_init == "torch"
+
+
+
+def _numpy_video_cl(s, neg):
+    """Per-example InfoNCE (the paper's I^e, both directions) of one score matrix s[video i, query j]."""
+    out = []
+    for i in range(s.shape[0]):
+        others = [j for j in range(s.shape[0]) if neg[i, j]]
+        denominator = np.exp(s[i, i]) + sum(np.exp(s[j, i]) + np.exp(s[i, j]) for j in others)
+        out.append(np.log(denominator) - s[i, i])
+    return np.asarray(out)
+
+
+def _numpy_frame_cl(c, start, end, mask):
+    """Per-example JSD estimator terms (-I^a) of clip scores c [B, T]: clips start..end inside."""
+    out = []
+    for b in range(c.shape[0]):
+        valid = np.flatnonzero(mask[b] > 0)
+        pos = [c[b, t] for t in valid if start[b] <= t <= end[b]]
+        negs = [c[b, t] for t in valid if not start[b] <= t <= end[b]]
+        mi = (np.mean([-softplus(-x) for x in pos]) if pos else 0.0) - (
+            np.mean([softplus(x) for x in negs]) if negs else 0.0)
+        out.append(-mi)
+    return np.asarray(out)
+
+
+def _numpy_cl_terms(out, batch, scale, fusion):
+    """(VideoCL, FrameCL) losses from the paper's formulas: per-stream estimators averaged ('estimators'),
+    or one estimator of the stream-averaged scores ('scores'); scores x . y times ``scale``."""
+    weights = np.asarray(batch["example_mask"], np.float64)
+    neg = np.asarray(rl.negative_mask(batch["video_index"], batch["example_mask"]))
+    s = scale * np.einsum("vmd,qmd->mvq", np.asarray(out["video_cl_context"], np.float64),
+                          np.asarray(out["video_cl_query"], np.float64))
+    c = scale * np.einsum("bmtd,bmd->mbt", np.asarray(out["context_mid"], np.float64),
+                          np.asarray(out["query"], np.float64))
+    if fusion == "scores":
+        s, c = s.mean(0, keepdims=True), c.mean(0, keepdims=True)
+    start, end = (np.asarray(x) for x in boundary_indices(batch["gt_span"], out["video_mask"]))
+    video = np.mean([_numpy_video_cl(sm, neg) for sm in s], axis=0)
+    frame = np.mean([_numpy_frame_cl(cm, start, end, np.asarray(out["video_mask"])) for cm in c], axis=0)
+    return tuple(float(np.sum(x * weights) / np.sum(weights)) for x in (video, frame))
+
+
+@pytest.mark.parametrize("critic,fusion", [("scaled_dot", "estimators"), ("dot", "scores"), ("scaled_dot", "scores")])
+def test_cl_critic_and_stream_fusion_match_numpy(model_and_outputs, critic, fusion):
+    """'scaled_dot' scores VideoCL pairs and FrameCL clips by (x . y) / sqrt(d); 'scores' fusion averages
+    the two streams' scores before one estimator (released) instead of averaging two estimators (paper)."""
+    cfg, _, _, batch, out = model_and_outputs
+    loss_config = dict(cfg.loss.to_dict(), use_video_retrieval=False, use_localization=False)
+    assert out["query"].shape[1] == 2  # both streams, so the fusions differ
+    scale = out["query"].shape[-1] ** -0.5 if critic == "scaled_dot" else 1.0
+    _, got = rl.loss_fn(out, batch, **dict(loss_config, cl_critic=critic, cl_stream_fusion=fusion))
+    video, frame = _numpy_cl_terms(out, batch, scale, fusion)
+    assert float(got["video_cl_loss"]) == pytest.approx(video, rel=1e-4)
+    assert float(got["frame_cl_loss"]) == pytest.approx(frame, rel=1e-4)
+    _, paper = rl.loss_fn(out, batch, **dict(loss_config, cl_critic="dot", cl_stream_fusion="estimators"))
+    assert float(got["frame_cl_loss"]) != pytest.approx(float(paper["frame_cl_loss"]), rel=1e-3)
+    assert float(got["video_cl_loss"]) != pytest.approx(float(paper["video_cl_loss"]), rel=1e-3)
+
+
+def test_cl_switches_refuse_unknown_values(model_and_outputs):
+    cfg, _, _, batch, out = model_and_outputs
+    with pytest.raises(ValueError, match="cl_critic"):
+        rl.loss_fn(out, batch, **dict(cfg.loss.to_dict(), cl_critic="cosine"))
+    with pytest.raises(ValueError, match="cl_stream_fusion"):
+        rl.loss_fn(out, batch, **dict(cfg.loss.to_dict(), cl_stream_fusion="max"))

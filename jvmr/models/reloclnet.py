@@ -43,13 +43,17 @@ InfoNCE over the batch with score f(c)^T g(q) (f, g linear maps):
 
 N(i) = the batch examples of another video than i's (both directions, as the
 released MIL-NCE), L^VideoCL = -mean_m I^e_m. ``video_cl_reading='released'``
-uses the released score instead: max over clips of h'_{m,t} . q_m (no pooling, no f / g),
-averaged over the streams before one InfoNCE.
+uses the released score instead: max over clips of h'_{m,t} . q_m (no pooling, no f / g).
 
 FrameCL. The JSD mutual-information estimator between the query and the clips
-inside (positive) / outside (negative) the moment, C(q, h') = q_m . h'_{m,t}:
+inside (positive) / outside (negative) the moment, C(q, h') = q_m . h'_{m,t}
+(``loss.cl_critic='scaled_dot'``: / sqrt(d), also for VideoCL's scores):
 
     I^a_m = E_inside[-sp(-C)] - E_outside[sp(C)],   L^FrameCL = -mean_m I^a_m.
+
+Both terms average one estimator per stream, as the paper writes; the released code
+averages the streams' scores and applies one estimator (``loss.cl_stream_fusion='scores'``),
+which a query about one stream only (TVR's ``v`` / ``t``) can still satisfy.
 
 Every example whose video differs is a negative; an example is never its own
 video's negative: the batch's ``video_index`` (a hash of the video id) decides,
@@ -75,6 +79,8 @@ Array = jax.Array
 STREAMS = ("video", "subtitle")
 VIDEO_CL_READINGS = ("paper", "released")
 VR_NEGATIVES = ("mean", "sampled")
+CL_CRITICS = ("dot", "scaled_dot")
+CL_STREAM_FUSIONS = ("estimators", "scores")
 COSINE_EPS = 1e-6
 
 
@@ -445,13 +451,26 @@ def loss_fn(
     vr_negatives: str = "mean",
     hard_negative_start_step: int = -1,
     hard_pool_size: int = 20,
+    cl_critic: str = "dot",
+    cl_stream_fusion: str = "estimators",
 ) -> tuple[Array, dict[str, Array]]:
     """L = w_VR L^VR + w_ML L^ML + w_VideoCL L^VideoCL + w_FrameCL L^FrameCL (each term switchable;
     ReLoNet = both CL terms off). Negatives are the batch's other videos (:func:`negative_mask`);
     with ``vr_negatives='sampled'`` hard negatives start at ``hard_negative_start_step`` (-1: never).
     Under pmap (``axis_name``) the negatives come from the global batch (all-gathered; gradients
     flow back to the device that holds them) unless ``global_negatives=False``.
+    ``cl_critic`` scores of both contrastive terms: 'dot' (the released code's raw dot products) or
+    'scaled_dot' (divided by sqrt(d), the attention logits' scaling; the paper leaves its critic open).
+    ``cl_stream_fusion``: 'estimators' (the paper: one estimator per stream, averaged, I = (I_v + I_s) / 2)
+    or 'scores' (the released code: the streams' critic scores averaged, then one estimator).
     Returns (loss, metrics of every active term)."""
+    if cl_critic not in CL_CRITICS:
+        raise ValueError(f"loss.cl_critic must be one of {CL_CRITICS}, got {cl_critic!r}")
+    if cl_stream_fusion not in CL_STREAM_FUSIONS:
+        raise ValueError(f"loss.cl_stream_fusion must be one of {CL_STREAM_FUSIONS}, got {cl_stream_fusion!r}")
+    fuse = (lambda s: jnp.mean(s, axis=0, keepdims=True)) if cl_stream_fusion == "scores" else (  # noqa: E731
+        lambda s: s)  # per-stream scores [M, ...] -> the estimators' inputs
+    critic_scale = 1.0 if cl_critic == "dot" else outputs["query"].shape[-1] ** -0.5
     weights = batch["example_mask"].astype(jnp.float32)
     mask = outputs["video_mask"]
     rows = jnp.arange(weights.shape[0])
@@ -491,16 +510,15 @@ def loss_fn(
         if "video_cl_context" in outputs:  # paper: f(c_m) . g(q_m) per stream -> [M, B, Bc]
             def vcl(video, query, video_mask):
                 del video_mask
-                return jnp.einsum("vmd,qmd->mvq", video, query)
+                return critic_scale * jnp.einsum("vmd,qmd->mvq", video, query)
             video, query = outputs["video_cl_context"], outputs["video_cl_query"]
-        else:  # released: max over clips of h'_{m,t} . q_m, averaged over the streams, one NCE
+        else:  # released: max over clips of h'_{m,t} . q_m
             def vcl(video, query, video_mask):
-                s = jnp.einsum("vmtd,qmd->mvqt", video, query)
-                s = jnp.max(jnp.where((video_mask > 0)[None, :, None, :], s, -jnp.inf), axis=-1)
-                return jnp.mean(s, axis=0, keepdims=True)
+                s = critic_scale * jnp.einsum("vmtd,qmd->mvqt", video, query)
+                return jnp.max(jnp.where((video_mask > 0)[None, :, None, :], s, -jnp.inf), axis=-1)
             video, query = outputs["context_mid"], outputs["query"]
-        q2v = jnp.swapaxes(vcl(cols(video), query, cols(mask)), 1, 2)  # [M, B, Bc]: query i vs video j
-        v2q = vcl(video, cols(query), mask)  # [M, B, Bc]: video i vs query j
+        q2v = fuse(jnp.swapaxes(vcl(cols(video), query, cols(mask)), 1, 2))  # [M, B, Bc]: query i vs video j
+        v2q = fuse(vcl(video, cols(query), mask))  # [M, B, Bc]: video i vs query j
         positive = q2v[:, rows, own]
         terms = jnp.mean(jax.vmap(_info_nce_terms, in_axes=(0, 0, 0, None))(q2v, v2q, positive, negatives), axis=0)
         metrics["video_cl_loss"] = _example_mean(terms, weights)
@@ -508,7 +526,7 @@ def loss_fn(
     if use_frame_cl:
         start, end = boundary_indices(batch["gt_span"], mask)
         inside = segment_labels(start, end, mask.shape[1])
-        scores = jnp.einsum("bmtd,bmd->mbt", outputs["context_mid"], outputs["query"])
+        scores = fuse(critic_scale * jnp.einsum("bmtd,bmd->mbt", outputs["context_mid"], outputs["query"]))
         terms = jnp.mean(jax.vmap(frame_contrastive, in_axes=(0, None, None))(scores, inside, mask), axis=0)
         metrics["frame_cl_loss"] = _example_mean(terms, weights)
         total = total + frame_cl_weight * metrics["frame_cl_loss"]
