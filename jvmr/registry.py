@@ -10,6 +10,8 @@ loop needs:
     evaluation protocol (NMS, top-k) and computes recall;
   * ``inputs(model_config) -> groups``: the optional batch groups the model reads
     (``jvmr.data.pipeline.INPUT_GROUPS``); the pipeline builds only those;
+  * ``needs_labels(config) -> bool``: whether its training batches carry the ground-truth spans
+    (False: weak supervision; the pipeline leaves them out, so no loss can read them);
   * ``evaluator``: how the training loop evaluates it by default (``config.eval.evaluator``
     overrides): ``'moment'`` (each query in its own video, ``predict_fn``) or ``'corpus'``
     (every query against its split's whole corpus: ``jvmr.retrieval``, for models with
@@ -25,7 +27,7 @@ import flax.linen as nn
 import ml_collections
 
 from jvmr.data import text
-from jvmr.models import cimha, cmin, reloclnet
+from jvmr.models import cimha, cmin, ms2d, reloclnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ModelSpec:
     predict_fn: Callable[..., Any]
     inputs: Callable[[ml_collections.ConfigDict], tuple[str, ...]] = lambda model_config: ()
     evaluator: str = "moment"
+    needs_labels: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -42,6 +45,7 @@ MODELS: dict[str, ModelSpec] = {
     "cimha": ModelSpec(cimha.CIMHA, cimha.loss_fn, cimha.predict_fn),
     "reloclnet": ModelSpec(reloclnet.ReLoCLNet, reloclnet.loss_fn, reloclnet.predict_fn, reloclnet.model_inputs,
                            evaluator="corpus"),
+    "ms2d": ModelSpec(ms2d.MS2D, ms2d.loss_fn, ms2d.predict_fn, ms2d.model_inputs, needs_labels=ms2d.needs_labels),
 }
 
 

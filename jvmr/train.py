@@ -508,7 +508,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     train_ds = pipeline.make_dataset(data_dir, config.dataset.train_split, config.dataset,
                                      batch_size=per_host_batch, training=True, seed=config.seed + start_step,
                                      vocab=vocab, shard_index=jax.process_index(),
-                                     num_shards=jax.process_count(), inputs=inputs)
+                                     num_shards=jax.process_count(), inputs=inputs,
+                                     labels=spec.needs_labels(config))
     train_iter = pipeline.as_numpy(train_ds)
 
     last_eval: dict[str, dict[str, float]] = {}

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import cimha, cmin, common, datasets, reloclnet
+from configs import cimha, cmin, common, datasets, ms2d, reloclnet
 from jvmr import metrics, registry, train
 
 
@@ -73,7 +73,8 @@ def test_cimha_presets_use_the_papers_settings(preset):
 
 @pytest.mark.parametrize("module,preset", [(cmin, None), (cmin, "activitynet_captions"), (cimha, None),
                                            (cimha, "charades_sta"), (reloclnet, None), (reloclnet, "tvr"),
-                                           (reloclnet, "activitynet_captions")])
+                                           (reloclnet, "activitynet_captions"), (ms2d, None),
+                                           (ms2d, "charades_sta"), (ms2d, "activitynet_captions")])
 def test_model_and_loss_keys_reach_the_model(module, preset):
     """Every model key is a module field (so --config.model.X=... works) and every loss key a loss_fn argument."""
     config = module.get_config(preset)

@@ -150,7 +150,8 @@ def _checked_features(feats, dim: int, what: str, ex):
         return tf.identity(feats)
 
 
-def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...] = (), kind: str = "example"):
+def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...] = (), kind: str = "example",
+                       labels: bool = True):
     """Returns the per-record map function (parsed record -> fixed-shape example) building the
     common keys and the optional ``inputs`` groups (``INPUT_GROUPS``).
 
@@ -159,6 +160,8 @@ def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...]
     ``query_mask``, the query groups), 'video' (a corpus video) only the video keys
     (``video_feats``, ``video_mask``, ``duration``, the video groups); both keep
     ``example_mask`` and the host keys. A key is built the same way for every kind.
+    ``labels=False`` leaves out the ground truth (``gt_span``, ``gt_spans``, ``gt_spans_mask``): the
+    training batches of a weakly supervised model never carry a boundary.
     """
     import tensorflow as tf
     unknown = set(inputs) - set(INPUT_GROUPS)
@@ -236,7 +239,7 @@ def make_preprocess_fn(dataset_config, vocab: list[str], inputs: tuple[str, ...]
             out.update(video_keys(ex))
         if kind != "video":
             out.update(query_keys(ex))
-        if kind == "example":
+        if kind == "example" and labels:
             out.update(label_keys(ex))
         return out
 
@@ -265,12 +268,12 @@ def load_vocabulary(data_dir: str) -> list[str]:
 
 def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, training: bool,
                  seed: int = 0, vocab: list[str] | None = None, shard_index: int = 0,
-                 num_shards: int = 1, inputs: tuple[str, ...] = (), kind: str = "example"):
+                 num_shards: int = 1, inputs: tuple[str, ...] = (), kind: str = "example", labels: bool = True):
     """Builds the tf.data pipeline of one split, with the optional ``inputs`` groups.
 
     ``kind`` picks the records (``jvmr.data.schema.record_set``): 'example' (a labelled
     split), or a query-only split's 'query' or 'video' (corpus) records, with only
-    their keys (``make_preprocess_fn``).
+    their keys (``make_preprocess_fn``); ``labels=False``: without the ground-truth keys.
 
     Training: parse -> preprocess -> cache -> shuffle -> repeat -> batch (drop remainder) -> prefetch.
     Evaluation: one pass in file order; the last batch is padded with examples whose
@@ -284,7 +287,7 @@ def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, 
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
     ds = ds.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(make_preprocess_fn(dataset_config, vocab, inputs, kind), num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(make_preprocess_fn(dataset_config, vocab, inputs, kind, labels), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     if training:
         ds = ds.cache()

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from jvmr.data.text import DEPENDENCY_LABELS
 from jvmr.models.graph import SyntacticGCNStack
 from jvmr.models.layers import AdditiveAttention, BiGRU, MultiHeadAttention, mask_fill
+from jvmr.models.spans import temporal_iou  # noqa: F401  (cmin.temporal_iou: anchor IoUs)
 
 Array = jax.Array
 
@@ -170,13 +171,6 @@ def make_anchors(video_mask: Array, anchor_widths: tuple[int, ...]) -> tuple[Arr
     # Integer test (doubled units) avoids float round-off at the borders.
     inside = (2 * t + 1 - w >= 0) & (2 * t + 1 + w <= 2 * n_int) & (t < n_int)
     return spans, inside.astype(jnp.float32)
-
-
-def temporal_iou(spans: Array, gt: Array) -> Array:
-    """Continuous temporal IoU of [..., 2] spans with broadcastable [..., 2] ground truth."""
-    inter = jnp.maximum(0.0, jnp.minimum(spans[..., 1], gt[..., 1]) - jnp.maximum(spans[..., 0], gt[..., 0]))
-    union = (spans[..., 1] - spans[..., 0]) + (gt[..., 1] - gt[..., 0]) - inter
-    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
 
 def gt_fractions(batch: Mapping[str, Array]) -> tuple[Array, Array]:

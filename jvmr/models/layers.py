@@ -72,6 +72,11 @@ def mask_fill(x: Array, mask: Array, value: float = 0.0) -> Array:
     return jnp.where(m, x, jnp.asarray(value, x.dtype))
 
 
+def weighted_mean(x: Array, weights: Array) -> Array:
+    """sum(x * weights) / max(sum(weights), 1): a mean over the real examples (or cells) of a padded batch."""
+    return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 def masked_softmax(logits: Array, mask: Array | None, axis: int = -1) -> Array:
     """Softmax over ``axis`` restricted to positions where ``mask`` is non-zero.
 

@@ -71,7 +71,7 @@ import jax
 import jax.numpy as jnp
 
 from jvmr.models.layers import (FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, WordEmbedding,
-                                mask_fill, masked_log_softmax, masked_softmax)
+                                mask_fill, masked_log_softmax, masked_softmax, weighted_mean)
 from jvmr.models.spans import MASKED_SCORE, boundary_indices, decode_spans, segment_labels
 
 Array = jax.Array
@@ -427,10 +427,6 @@ def frame_contrastive(scores: Array, inside: Array, mask: Array) -> Array:
     return -(e_pos - e_neg)
 
 
-def _example_mean(x: Array, weights: Array) -> Array:
-    return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
 def loss_fn(
     outputs: Mapping[str, Array],
     batch: Mapping[str, Array],
@@ -497,13 +493,13 @@ def loss_fn(
             ctx, qry = (jnp.where(late, h, e) for h, e in zip(hard, easy))
         else:
             ctx, qry = hinge(mode=vr_negatives, rng=rng, hard_pool_size=0)
-        metrics["retrieval_loss"] = _example_mean(ctx + qry, weights)
+        metrics["retrieval_loss"] = weighted_mean(ctx + qry, weights)
         total = total + retrieval_weight * metrics["retrieval_loss"]
     if use_localization:
         start, end = boundary_indices(batch["gt_span"], mask)
         nll = lambda logits, index: -jnp.take_along_axis(  # noqa: E731
             masked_log_softmax(logits, mask), index[:, None], axis=1)[:, 0]
-        metrics["localization_loss"] = _example_mean(
+        metrics["localization_loss"] = weighted_mean(
             0.5 * (nll(outputs["start_logits"], start) + nll(outputs["end_logits"], end)), weights)
         total = total + localization_weight * metrics["localization_loss"]
     if use_video_cl:
@@ -521,14 +517,14 @@ def loss_fn(
         v2q = fuse(vcl(video, cols(query), mask))  # [M, B, Bc]: video i vs query j
         positive = q2v[:, rows, own]
         terms = jnp.mean(jax.vmap(_info_nce_terms, in_axes=(0, 0, 0, None))(q2v, v2q, positive, negatives), axis=0)
-        metrics["video_cl_loss"] = _example_mean(terms, weights)
+        metrics["video_cl_loss"] = weighted_mean(terms, weights)
         total = total + video_cl_weight * metrics["video_cl_loss"]
     if use_frame_cl:
         start, end = boundary_indices(batch["gt_span"], mask)
         inside = segment_labels(start, end, mask.shape[1])
         scores = fuse(critic_scale * jnp.einsum("bmtd,bmd->mbt", outputs["context_mid"], outputs["query"]))
         terms = jnp.mean(jax.vmap(frame_contrastive, in_axes=(0, None, None))(scores, inside, mask), axis=0)
-        metrics["frame_cl_loss"] = _example_mean(terms, weights)
+        metrics["frame_cl_loss"] = weighted_mean(terms, weights)
         total = total + frame_cl_weight * metrics["frame_cl_loss"]
     metrics["loss"] = total
     return total, metrics

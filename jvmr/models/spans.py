@@ -35,6 +35,13 @@ def boundary_indices(gt_span: Array, video_mask: Array) -> tuple[Array, Array]:
     return start, end
 
 
+def temporal_iou(spans: Array, gt: Array) -> Array:
+    """Continuous temporal IoU of [..., 2] spans with broadcastable [..., 2] ground truth (0 where the union is 0)."""
+    inter = jnp.maximum(0.0, jnp.minimum(spans[..., 1], gt[..., 1]) - jnp.maximum(spans[..., 0], gt[..., 0]))
+    union = (spans[..., 1] - spans[..., 0]) + (gt[..., 1] - gt[..., 0]) - inter
+    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+
+
 def segment_labels(start: Array, end: Array, num_clips: int) -> Array:
     """[B, T] float labels: 1 on clips start..end (inclusive), 0 elsewhere."""
     t = jnp.arange(num_clips)[None, :]
