@@ -84,6 +84,6 @@ def test_sparse_cells_layout(n, dense):
 
 
 def test_cell_spans():
-    spans = maps2d.cell_spans(4)
+    spans = np.asarray(maps2d.cell_spans(jnp.ones((1, 4)), 4, 1))[0]  # a full video: fractions of the grid
     np.testing.assert_allclose(spans[1, 2], [0.25, 0.75])
     np.testing.assert_allclose(spans[0, 3], [0.0, 1.0])

@@ -5,7 +5,8 @@ For a sequence of n clip features f_0 .. f_{n-1}, the map F [n, n, d] holds, as 
 
     F[x, y] = maxpool(f_x, f_{x+1}, ..., f_y)   for x <= y,   0 elsewhere,
 
-with a cell mask of the cells that are moments of the valid (unpadded) clips. It is
+with a cell mask of the cells that are moments of the valid (unpadded) clips (their spans:
+:func:`cell_spans`, fractions of the valid clips). It is
 built without a loop over cells: a sparse table of max-pools over windows of 2^k clips
 (``floor(log2 n) + 1`` levels), each cell the maximum of the two windows of 2^k clips that
 start at x and end at y (k = floor(log2(y - x + 1))), which together cover x .. y.
@@ -22,6 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jvmr.models.layers import sequence_lengths
 
 Array = jax.Array
 
@@ -85,7 +88,12 @@ def sparse_cells(n: int, dense_lengths: int = 0) -> np.ndarray:
     return keep & (start % stride == 0) & ((end + 1) % stride == 0)
 
 
-def cell_spans(n: int) -> np.ndarray:
-    """[n, n, 2] spans of the cells as fractions of the video: cell (x, y) = [x / n, (y + 1) / n]."""
-    start, end = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    return np.stack([start / n, (end + 1) / n], axis=-1).astype(np.float32)
+def cell_spans(video_mask: Array, n: int, stride: int) -> Array:
+    """[B, n, n, 2] spans of a scale's cells as fractions of each video's valid clips: cell (x, y) covers
+    clips x r .. (y + 1) r - 1 of the grid, i.e. [x r / len, min((y + 1) r, len) / len]."""
+    length = jnp.maximum(sequence_lengths(video_mask), 1).astype(jnp.float32)[:, None, None]
+    x = jnp.arange(n, dtype=jnp.float32)[None, :, None] * stride
+    y = (jnp.arange(n, dtype=jnp.float32)[None, None, :] + 1) * stride
+    start = jnp.broadcast_to(x / length, (video_mask.shape[0], n, n))
+    end = jnp.broadcast_to(jnp.minimum(y, length) / length, (video_mask.shape[0], n, n))
+    return jnp.stack([jnp.minimum(start, 1.0), end], axis=-1)

@@ -70,17 +70,6 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
-def cell_spans(video_mask: Array, n: int, stride: int) -> Array:
-    """[B, n, n, 2] spans of a scale's cells as fractions of each video's valid clips: cell (x, y) covers
-    clips x r .. (y + 1) r - 1 of the grid, i.e. [x r / len, min((y + 1) r, len) / len]."""
-    length = jnp.maximum(sequence_lengths(video_mask), 1).astype(jnp.float32)[:, None, None]
-    x = jnp.arange(n, dtype=jnp.float32)[None, :, None] * stride
-    y = (jnp.arange(n, dtype=jnp.float32)[None, None, :] + 1) * stride
-    start = jnp.broadcast_to(x / length, (video_mask.shape[0], n, n))
-    end = jnp.broadcast_to(jnp.minimum(y, length) / length, (video_mask.shape[0], n, n))
-    return jnp.stack([jnp.minimum(start, 1.0), end], axis=-1)
-
-
 class MapConvs(nn.Module):
     """2D convolutions (SAME padding, ReLU) over a masked map [B, n, n, c]; masked cells stay zero, so a
     valid cell only ever reads valid neighbours' values (and zeros)."""
@@ -213,7 +202,7 @@ class MS2D(nn.Module):
             if self.mismatched_pairs:  # video i with query i + 1 (MIL negatives)
                 mismatched.append(score(jnp.roll(text, -1, axis=0))[0])
             cell_masks.append(cell_mask.reshape(b, n * n))
-            spans.append(cell_spans(vmask, n, stride).reshape(b, n * n, 2))
+            spans.append(maps2d.cell_spans(vmask, n, stride).reshape(b, n * n, 2))
             fused_maps.append(fused.reshape(b, n * n, -1))
             video_maps.append(video.reshape(b, n * n, -1))
         out["cell_logits"] = jnp.concatenate(logits, axis=1)  # [B, C] every cell of every scale
