@@ -5,6 +5,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,6 +13,7 @@ from configs import ms2d as ms2d_config
 from jvmr import registry, train
 from jvmr.data import pipeline, schema, synthetic
 from jvmr.models import ms2d
+from jvmr.models import spans as spans_lib
 
 B, T, L, V, F = 4, 16, 7, 30, 12
 LENGTHS, WORDS = [16, 12, 9, 16], [7, 5, 3, 6]
@@ -75,6 +77,52 @@ def test_shapes_and_proposals(model_and_outputs):
     assert np.all(np.diff(finite, axis=1) <= 1e-6)
     spans = np.asarray(out["candidate_spans"])
     assert np.all((spans[..., 0] <= spans[..., 1]) & (spans[..., 0] >= 0) & (spans[..., 1] <= 1.0 + 1e-6))
+
+
+def greedy_nms_reference(scores, spans, k, threshold):
+    """Plain greedy NMS, one candidate at a time: best first, skip any with IoU > threshold with a kept one."""
+    kept = []
+    for c in sorted(np.flatnonzero(np.isfinite(scores)), key=lambda c: (-scores[c], c)):
+        s, e = spans[c]
+        if all(max(0.0, min(e, spans[q][1]) - max(s, spans[q][0])) /
+               max((e - s) + (spans[q][1] - spans[q][0]) - max(0.0, min(e, spans[q][1]) - max(s, spans[q][0])),
+                   1e-12) <= threshold for q in kept):
+            kept.append(c)
+        if len(kept) == k:
+            break
+    return kept
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.9])
+def test_nms_top_k_matches_greedy_loop(threshold):
+    rng = np.random.default_rng(1)
+    starts = rng.uniform(0, 1, size=(5, 40))
+    spans = np.stack([starts, np.minimum(starts + rng.uniform(0.01, 0.6, size=(5, 40)), 1.0)], -1)
+    scores = rng.normal(size=(5, 40))
+    scores[1, 10:] = -np.inf  # few candidates: the rest of the row is masked
+    scores[2] = -np.inf
+    index, kept = spans_lib.nms_top_k(jnp.asarray(scores), jnp.asarray(spans, jnp.float32), 6, threshold)
+    for b in range(5):
+        want = greedy_nms_reference(scores[b], spans[b].astype(np.float32), 6, threshold)
+        got = np.asarray(index)[b][np.asarray(kept)[b] > 0]
+        assert list(got) == want, (b, got, want)
+        assert np.all(np.asarray(kept)[b, len(want):] == 0)
+
+
+def test_nms_proposals_do_not_overlap(model_and_outputs):
+    _, variables, batch, _ = model_and_outputs
+    out = make_model(proposal_nms=0.3).apply(variables, batch)
+    spans = np.asarray(out["cell_spans"])
+    for b in range(B):
+        for j in range(3):
+            picks = np.asarray(out["proposals"])[b, j][np.asarray(out["proposal_mask"])[b, j] > 0]
+            assert len(picks) >= 2
+            chosen = spans[b, picks]
+            for x in range(len(picks)):
+                for y in range(x):
+                    inter = max(0.0, min(chosen[x, 1], chosen[y, 1]) - max(chosen[x, 0], chosen[y, 0]))
+                    union = (chosen[x, 1] - chosen[x, 0]) + (chosen[y, 1] - chosen[y, 0]) - inter
+                    assert inter / union <= 0.3 + 1e-6
 
 
 def test_fusion_and_scorer_match_numpy():
@@ -142,8 +190,14 @@ def test_reconstruction_and_rg_bce_match_numpy(model_and_outputs):
                 z = float(out["cell_logits"][b, int(out["proposals"][b, j, k])])
                 terms.append(-(y * np.log(1 / (1 + np.exp(-z))) + (1 - y) * np.log(1 - 1 / (1 + np.exp(-z)))))
     assert float(metrics["rg_bce_loss"]) == pytest.approx(np.mean(terms), rel=1e-4)
-    assert float(metrics["loss"]) == pytest.approx(float(metrics["reconstruction_loss"] + metrics["rg_bce_loss"]),
-                                                   rel=1e-6)
+    # The seed's objective: L_rec + L_rg-bce (the fixture scores mismatched pairs too, which adds the MIL term).
+    seed_only = {k: v for k, v in out.items() if k != "mismatched_cell_logits"}
+    _, seed_metrics = ms2d.loss_fn(seed_only, batch, rec_weight=0.5, bce_weight=2.0, **config)
+    assert "mil_loss" not in seed_metrics
+    assert float(seed_metrics["loss"]) == pytest.approx(
+        float(0.5 * metrics["reconstruction_loss"] + 2.0 * metrics["rg_bce_loss"]), rel=1e-6)
+    assert float(metrics["loss"]) == pytest.approx(
+        float(metrics["reconstruction_loss"] + metrics["rg_bce_loss"] + metrics["mil_loss"]), rel=1e-6)
 
 
 def test_mil_ranking_matches_numpy(model_and_outputs):

@@ -14,7 +14,9 @@ K proposals per scale.
     map convs a stack of 2D convolutions (ReLU) over each map, re-masked after every layer,
               so that neighbouring moments inform each other (per scale, or shared)
     scores    p = sigmoid(w . F_cro'[x, y] + b) per cell
-    proposals the K cells of highest p of each scale (S x K)
+    proposals the K cells of highest p of each scale (S x K); with ``proposal_nms`` < 1 picked greedily,
+              each with IoU <= proposal_nms with those already picked (otherwise the K best are
+              neighbours of one cell and their pseudo labels compare near-copies)
 
 Moments caption module: a 2-layer LSTM decoder, teacher-forced, reads each proposal's
 feature (``caption_input``: its fused cell F_cro after the map convolutions, as the seed
@@ -33,9 +35,11 @@ and the reconstruction-guided BCE on the proposals' p (y without gradient):
     L_rg-bce = -1 / (S K) sum_j sum_k y_k log p_k + (1 - y_k) log(1 - p_k).
 
 L = rec_weight L_rec + bce_weight L_rg-bce. Ablations: ``loss.use_pseudo_labels=False``
-replaces the pseudo labels by a MIL ranking of the video-level score (the best cell) of
-each pair against mismatched pairs of the batch; ``scales=(1,)`` is the single-scale
-model; ``loss.supervision='full'`` is the fully supervised upper reference (2D-TAN's
+(with ``model.mismatched_pairs=True``) replaces the pseudo labels by a MIL ranking of the
+video-level score (the best cell) of each pair against mismatched pairs of the batch
+(``mismatched_pairs`` with the pseudo labels adds the ranking to them: mil_weight L_mil);
+``scales=(1,)`` is the single-scale model; ``loss.supervision='full'`` is the fully
+supervised upper reference (2D-TAN's
 scaled-IoU BCE on every cell: target clip((IoU - min_iou) / (max_iou - min_iou), 0, 1)).
 Inference ranks every valid cell of every scale by p.
 """
@@ -50,7 +54,7 @@ import jax.numpy as jnp
 
 from jvmr.models import maps2d
 from jvmr.models.layers import WordEmbedding, mask_fill, sequence_lengths, weighted_mean
-from jvmr.models.spans import MASKED_SCORE, temporal_iou
+from jvmr.models.spans import MASKED_SCORE, nms_top_k, temporal_iou
 
 Array = jax.Array
 
@@ -125,6 +129,7 @@ class MS2D(nn.Module):
       dense_lengths: sparse cell layout of each map (:func:`maps2d.sparse_cells`; 0 = every cell).
       map_conv_layers, map_conv_kernel: the 2D convolution stack; share_map_convs: one stack for all scales.
       num_proposals: K cells per scale sent to the caption module.
+      proposal_nms: the K cells are picked greedily, each with IoU <= this with the picked ones (1 = top K).
       caption_input: 'fused' (F_cro, the seed) or 'video' (the cell's W^M F, without the query).
       caption_hidden: units of each decoder LSTM layer.
       use_caption: the caption module (off: no reconstruction; MIL or full supervision only).
@@ -143,6 +148,7 @@ class MS2D(nn.Module):
     map_conv_kernel: int = 3
     share_map_convs: bool = False
     num_proposals: int = 8
+    proposal_nms: float = 1.0
     caption_input: str = "fused"
     caption_hidden: int = 256
     use_caption: bool = True
@@ -212,15 +218,15 @@ class MS2D(nn.Module):
         out["cell_spans"] = jnp.concatenate(spans, axis=1)  # [B, C, 2] fractions of the valid clips
         sizes = [lg.shape[1] for lg in logits]
 
-        # Proposals: the K most probable valid cells of each scale (selection without gradient).
+        # Proposals: the K most probable valid cells of each scale, optionally after NMS (no gradient).
         picks, pick_masks, feats = [], [], []
         offset = 0
         k = min(self.num_proposals, min(sizes))  # one K for every scale (a coarse map may hold fewer cells)
         for j, size in enumerate(sizes):
             ranked = jnp.where(cell_masks[j] > 0, jax.lax.stop_gradient(logits[j]), -jnp.inf)
-            top, index = jax.lax.top_k(ranked, k)
+            index, kept = nms_top_k(ranked, spans[j].reshape(b, size, 2), k, self.proposal_nms)
             picks.append(index + offset)
-            pick_masks.append(jnp.isfinite(top).astype(jnp.float32))
+            pick_masks.append(kept)
             source = fused_maps[j] if self.caption_input == "fused" else video_maps[j]
             feats.append(jnp.take_along_axis(source, index[..., None], axis=1))
             offset += size
@@ -286,7 +292,8 @@ def loss_fn(
     """The MS-2D objective (module docstring). 'weak': rec_weight L_rec + bce_weight L_rg-bce (pseudo labels
     from the reconstruction), or with ``use_pseudo_labels=False`` rec_weight L_rec + mil_weight L_mil, the hinge
     max(0, margin - s(v_i, q_i) + s(v_i, q_{i+1})) on the video-level score s = the best cell's logit (pairs of
-    one video are skipped, when the batch has ``video_index``). 'full': 2D-TAN's scaled-IoU BCE over every valid
+    one video are skipped, when the batch has ``video_index``); the ranking is added to the pseudo labels' terms
+    whenever the model scored mismatched pairs. 'full': 2D-TAN's scaled-IoU BCE over every valid
     cell, the only term that reads ``gt_span``. Returns (loss, metrics)."""
     del step, rng, axis_name
     if supervision not in SUPERVISIONS:
@@ -316,9 +323,9 @@ def loss_fn(
             metrics["rg_bce_loss"] = weighted_mean(binary_cross_entropy(picked, y), weights)
             metrics["pseudo_label_mean"] = weighted_mean(y, weights)
             total = total + bce_weight * metrics["rg_bce_loss"]
-        else:
-            if "mismatched_cell_logits" not in outputs:
-                raise ValueError("the MIL ranking needs model.mismatched_pairs=True")
+        if not use_pseudo_labels and "mismatched_cell_logits" not in outputs:
+            raise ValueError("the MIL ranking needs model.mismatched_pairs=True")
+        if "mismatched_cell_logits" in outputs:
             best = lambda x: jnp.max(jnp.where(cells > 0, x, -1e9), axis=1)  # noqa: E731
             hinge = jax.nn.relu(mil_margin - best(logits) + best(outputs["mismatched_cell_logits"]))
             other = jnp.roll(examples, -1)

@@ -42,6 +42,32 @@ def temporal_iou(spans: Array, gt: Array) -> Array:
     return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
 
+def nms_top_k(scores: Array, spans: Array, k: int, threshold: float) -> tuple[Array, Array]:
+    """Greedy temporal NMS that keeps k candidates per row, vectorised over the batch (k steps, no loop over
+    candidates): scores [B, C] (-inf = not a candidate), spans [B, C, 2]. Each step keeps the best remaining
+    candidate and drops those with IoU > ``threshold`` with it; ``threshold >= 1`` is a plain top-k.
+
+    Returns indices [B, k] (int32) and a [B, k] float mask (0 where fewer than k candidates survived).
+    """
+    if threshold >= 1.0:
+        top, index = jax.lax.top_k(scores, k)
+        return index.astype(jnp.int32), jnp.isfinite(top).astype(jnp.float32)
+
+    def pick(i, carry):
+        remaining, index, kept = carry
+        best = jnp.argmax(remaining, axis=1).astype(jnp.int32)  # [B]
+        top = jnp.take_along_axis(remaining, best[:, None], axis=1)[:, 0]
+        chosen = jnp.take_along_axis(spans, best[:, None, None], axis=1)  # [B, 1, 2]
+        drop = (temporal_iou(spans, chosen) > threshold) | (jnp.arange(scores.shape[1])[None] == best[:, None])
+        return (jnp.where(drop, -jnp.inf, remaining), index.at[:, i].set(best),
+                kept.at[:, i].set(jnp.isfinite(top).astype(jnp.float32)))
+
+    b = scores.shape[0]
+    init = (scores, jnp.zeros((b, k), jnp.int32), jnp.zeros((b, k), jnp.float32))
+    _, index, kept = jax.lax.fori_loop(0, k, pick, init)
+    return index, kept
+
+
 def segment_labels(start: Array, end: Array, num_clips: int) -> Array:
     """[B, T] float labels: 1 on clips start..end (inclusive), 0 elsewhere."""
     t = jnp.arange(num_clips)[None, :]
