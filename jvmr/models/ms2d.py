@@ -39,8 +39,8 @@ L = rec_weight L_rec + bce_weight L_rg-bce. Ablations: ``loss.use_pseudo_labels=
 video-level score (the best cell) of each pair against mismatched pairs of the batch
 (``mismatched_pairs`` with the pseudo labels adds the ranking to them: mil_weight L_mil);
 ``scales=(1,)`` is the single-scale model; ``loss.supervision='full'`` is the fully
-supervised upper reference (2D-TAN's
-scaled-IoU BCE on every cell: target clip((IoU - min_iou) / (max_iou - min_iou), 0, 1)).
+supervised upper reference (2D-TAN's scaled-IoU BCE on every cell: target
+clip((IoU - min_iou) / (max_iou - min_iou), 0, 1)).
 Inference ranks every valid cell of every scale by p.
 """
 
@@ -293,8 +293,8 @@ def loss_fn(
     from the reconstruction), or with ``use_pseudo_labels=False`` rec_weight L_rec + mil_weight L_mil, the hinge
     max(0, margin - s(v_i, q_i) + s(v_i, q_{i+1})) on the video-level score s = the best cell's logit (pairs of
     one video are skipped, when the batch has ``video_index``); the ranking is added to the pseudo labels' terms
-    whenever the model scored mismatched pairs. 'full': 2D-TAN's scaled-IoU BCE over every valid
-    cell, the only term that reads ``gt_span``. Returns (loss, metrics)."""
+    whenever the model scored mismatched pairs. 'full': 2D-TAN's scaled-IoU BCE over every valid cell, the only
+    term that reads ``gt_span``. Returns (loss, metrics)."""
     del step, rng, axis_name
     if supervision not in SUPERVISIONS:
         raise ValueError(f"loss.supervision must be one of {SUPERVISIONS}, got {supervision!r}")
