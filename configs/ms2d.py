@@ -23,12 +23,16 @@ model keys (jvmr.models.ms2d.MS2D):
     proposal_nms                 the K cells are picked by greedy NMS at this IoU (1.0: the plain top K)
     caption_input                'fused' (F_cro, the seed) or 'video' (the cell without the query)
     caption_hidden, use_caption  the 2-layer LSTM decoder
+    caption_word_mask            in training, the share of the decoder's read words masked (SCN; 0 = none)
+    video_negative               also reconstruct from the whole video, a negative the best proposal must beat
     mismatched_pairs             also score (video i, query i + 1): the MIL ranking's negatives (with the
                                  pseudo labels on, the ranking is added to them)
     dropout, num_candidates, freeze_embeddings
 loss keys (jvmr.models.ms2d.loss_fn): supervision ('weak' | 'full'), use_pseudo_labels, rec_weight,
     bce_weight, mil_weight, mil_margin, l_min, l_max (the pseudo-label rule; the uniform share is 1/K),
-    min_iou, max_iou (full supervision).
+    min_iou, max_iou (full supervision, and pseudo_targets='iou_map'), pseudo_targets ('proposals': the seed's
+    rule on the K proposals; 'iou_map': the best-reconstructed proposal as a pseudo ground truth for the
+    scaled-IoU BCE on every cell), video_negative_weight, video_negative_margin (nats per word).
 """
 
 from __future__ import annotations
@@ -58,8 +62,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The fused cell carries the query into its own reconstruction; the video cell does not.
     config.model.caption_input = "video"
     config.model.caption_hidden = 64
+    config.model.caption_word_mask = 0.0
     config.model.use_caption = True
     config.model.mismatched_pairs = False
+    config.model.video_negative = False
     config.model.dropout = 0.1
     config.model.num_candidates = 100
     config.model.freeze_embeddings = False
@@ -76,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss.l_max = 0.125
     config.loss.min_iou = 0.5
     config.loss.max_iou = 1.0
+    config.loss.pseudo_targets = "proposals"
+    config.loss.video_negative_weight = 1.0
+    config.loss.video_negative_margin = 0.2
 
     config.optimizer.name = "adam"
     config.optimizer.schedule = "cosine"

@@ -212,6 +212,90 @@ def test_mil_ranking_matches_numpy(model_and_outputs):
     assert float(metrics["mil_loss"]) == pytest.approx(np.mean(terms), rel=1e-5)
 
 
+def iou(s, g):
+    inter = max(0.0, min(s[1], g[1]) - max(s[0], g[0]))
+    return inter / ((s[1] - s[0]) + (g[1] - g[0]) - inter)
+
+
+def bce(z, y):
+    return y * softplus(-z) + (1 - y) * softplus(z)
+
+
+@pytest.fixture(scope="module")
+def video_negative_outputs():
+    """Every cell of the coarsest scale (4 x 4) is a proposal (K = 16, no NMS), so the whole video is one."""
+    model = make_model(video_negative=True, caption_input="video", num_proposals=16, proposal_nms=1.0,
+                       mismatched_pairs=False)
+    batch = make_batch()
+    variables = model.init(jax.random.key(1), batch)
+    return model, variables, batch, model.apply(variables, batch)
+
+
+def test_video_negative_reads_the_whole_video_and_matches_numpy(video_negative_outputs):
+    model, variables, batch, out = video_negative_outputs
+    log_p, video_log_p = (np.asarray(out[k], np.float64) for k in ("caption_log_probs", "video_caption_log_probs"))
+    spans, proposals, pmask = np.asarray(out["cell_spans"]), np.asarray(out["proposals"]), np.asarray(
+        out["proposal_mask"])
+    for b in range(B):  # the negative is the proposal of the coarsest scale that spans [0, 1]
+        whole = [k for k in range(16) if pmask[b, 2, k] and np.allclose(spans[b, proposals[b, 2, k]], [0, 1])]
+        assert len(whole) == 1
+        np.testing.assert_allclose(video_log_p[b], log_p[b, 2, whole[0]], rtol=1e-5, atol=1e-6)
+    _, metrics = ms2d.loss_fn(out, batch, video_negative_margin=0.3, video_negative_weight=2.0)
+    ll = np.where(pmask > 0, log_p.sum(-1), -np.inf).reshape(B, -1)
+    gaps = (ll.max(1) - video_log_p.sum(-1)) / np.asarray(WORDS)
+    assert float(metrics["video_negative_loss"]) == pytest.approx(np.mean(np.maximum(0.0, 0.3 - gaps)), rel=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(float(
+        metrics["reconstruction_loss"] + metrics["rg_bce_loss"] + 2.0 * metrics["video_negative_loss"]), rel=1e-6)
+    best = [spans[b, proposals[b].reshape(-1)[np.argmax(ll[b])]] for b in range(B)]
+    assert float(metrics["pseudo_span_length"]) == pytest.approx(np.mean([e - s for s, e in best]), rel=1e-5)
+    padded = make_batch(t=2 * T, l=L + 4)
+    padded["video_feats"][:, T:] = np.random.default_rng(9).normal(size=(B, T, F)) * 50
+    big = model.apply(variables, padded)
+    np.testing.assert_allclose(np.asarray(big["video_caption_log_probs"])[:, :L], video_log_p, rtol=1e-5, atol=1e-5)
+
+
+def test_iou_map_pseudo_targets_match_numpy(video_negative_outputs):
+    """pseudo_targets=iou_map: the best-reconstructed proposal is the pseudo ground truth of 2D-TAN's scaled-IoU
+    BCE over every valid cell."""
+    _, _, batch, out = video_negative_outputs
+    no_negative = {k: v for k, v in out.items() if k != "video_caption_log_probs"}
+    _, metrics = ms2d.loss_fn(no_negative, batch, pseudo_targets="iou_map", min_iou=0.3, max_iou=0.9)
+    log_p, spans, logits, mask = (np.asarray(out[k], np.float64) for k in (
+        "caption_log_probs", "cell_spans", "cell_logits", "cell_mask"))
+    proposals, pmask = np.asarray(out["proposals"]).reshape(B, -1), np.asarray(out["proposal_mask"]).reshape(B, -1)
+    terms = []
+    for b in range(B):
+        ll = np.where(pmask[b] > 0, log_p[b].sum(-1).reshape(-1), -np.inf)
+        pseudo = spans[b, proposals[b, np.argmax(ll)]]
+        for c in np.flatnonzero(mask[b]):
+            terms.append(bce(logits[b, c], np.clip((iou(spans[b, c], pseudo) - 0.3) / 0.6, 0, 1)))
+    assert float(metrics["rg_bce_loss"]) == pytest.approx(np.mean(terms), rel=1e-4)
+    assert float(metrics["loss"]) == pytest.approx(float(metrics["reconstruction_loss"] + metrics["rg_bce_loss"]),
+                                                   rel=1e-6)
+    with pytest.raises(ValueError, match="pseudo_targets"):
+        ms2d.loss_fn(no_negative, batch, pseudo_targets="gt")
+
+
+def test_caption_word_mask():
+    """word_mask_rate=1 in training: the decoder reads no word (the same log-probs whatever the read words);
+    at evaluation, or with rate 0, it reads them all."""
+    rng = np.random.default_rng(3)
+    feats = jnp.asarray(rng.normal(size=(B, 3, 5)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(2, V, size=(B, L)), jnp.int32)
+    words, other = (jnp.asarray(rng.normal(size=(B, L, 6)), jnp.float32) for _ in range(2))
+    mask = jnp.asarray(prefix_mask(WORDS, L))
+    decoder = ms2d.CaptionDecoder(V, 8, word_mask_rate=1.0)
+    params = decoder.init(jax.random.key(0), feats, words, tokens, mask)
+    train = lambda w: decoder.apply(params, feats, w, tokens, mask, deterministic=False,  # noqa: E731
+                                    rngs={"dropout": jax.random.key(1)})
+    np.testing.assert_allclose(train(words), train(other), atol=1e-6)
+    evaluated = decoder.apply(params, feats, words, tokens, mask)
+    assert not np.allclose(evaluated, decoder.apply(params, feats, other, tokens, mask), atol=1e-4)
+    plain = {"params": {k: v for k, v in params["params"].items() if k != "mask_word"}}
+    np.testing.assert_allclose(evaluated, ms2d.CaptionDecoder(V, 8).apply(plain, feats, words, tokens, mask),
+                               atol=1e-6)
+
+
 def test_full_supervision_scaled_iou_bce(model_and_outputs):
     _, _, batch, out = model_and_outputs
     _, metrics = ms2d.loss_fn(out, batch, supervision="full", min_iou=0.3, max_iou=0.9)

@@ -41,6 +41,14 @@ video-level score (the best cell) of each pair against mismatched pairs of the b
 ``scales=(1,)`` is the single-scale model; ``loss.supervision='full'`` is the fully
 supervised upper reference (2D-TAN's scaled-IoU BCE on every cell: target
 clip((IoU - min_iou) / (max_iou - min_iou), 0, 1)).
+
+Switches beyond the seed, from its relatives (methods.md 1(d)), off by default unless the config says so:
+``model.caption_word_mask`` (SCN's masked words: in training the decoder reads a mask vector in place of
+that share of the words, so that it must reconstruct from the video); ``model.video_negative`` (CPL's hard
+negative: the query is also reconstructed from the whole video, and the best proposal must beat it by
+``loss.video_negative_margin`` nats per word, ``loss.video_negative_weight`` times the hinge); and
+``loss.pseudo_targets='iou_map'`` (the best-reconstructed proposal as a pseudo ground truth for 2D-TAN's
+scaled-IoU BCE on every cell, instead of the rule on the proposals).
 Inference ranks every valid cell of every scale by p.
 """
 
@@ -60,6 +68,7 @@ Array = jax.Array
 
 CAPTION_INPUTS = ("fused", "video")
 SUPERVISIONS = ("weak", "full")
+PSEUDO_TARGETS = ("proposals", "iou_map")
 default_embed_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
 
 
@@ -93,7 +102,10 @@ class MapConvs(nn.Module):
 
 class CaptionDecoder(nn.Module):
     """Two-layer LSTM decoder, teacher-forced: step l reads [proposal feature; word l - 1] (a learned
-    start vector at l = 0) and scores the vocabulary for word l.
+    start vector at l = 0) and scores the vocabulary for word l. With ``word_mask_rate`` > 0, in training,
+    each read word is replaced by a learned mask vector with that probability (the same words for every
+    proposal of a query), as the semantic completion network masks a third of the words, so that the
+    reconstruction must come from the video rather than from the sentence's own prefix.
 
     Args of ``__call__``: features [B, P, c] (P proposals), words [B, L, e] (the query's word vectors),
     tokens [B, L] (the targets), word_mask [B, L]. Returns log P(w*_l | ...) [B, P, L] (0 at padded words).
@@ -102,13 +114,21 @@ class CaptionDecoder(nn.Module):
     vocab_size: int
     hidden: int
     num_layers: int = 2
+    word_mask_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, features: Array, words: Array, tokens: Array, word_mask: Array) -> Array:
+    def __call__(self, features: Array, words: Array, tokens: Array, word_mask: Array,
+                 deterministic: bool = True) -> Array:
         b, p, _ = features.shape
         length, e = words.shape[1], words.shape[2]
         start = self.param("start_word", nn.initializers.normal(0.1), (e,))
         previous = jnp.concatenate([jnp.broadcast_to(start, (b, 1, e)), words[:, :-1]], axis=1)  # [B, L, e]
+        if self.word_mask_rate > 0:
+            mask_word = self.param("mask_word", nn.initializers.normal(0.1), (e,))
+        if self.word_mask_rate > 0 and not deterministic:
+            masked = jax.random.bernoulli(self.make_rng("dropout"), self.word_mask_rate, (b, length))
+            masked = masked & (jnp.arange(length) > 0)[None]  # the start vector is not a word
+            previous = jnp.where(masked[..., None], mask_word, previous)
         inputs = jnp.concatenate([jnp.broadcast_to(features[:, :, None], (b, p, length, features.shape[-1])),
                                   jnp.broadcast_to(previous[:, None], (b, p, length, e))], axis=-1)
         x = inputs.reshape(b * p, length, -1)
@@ -132,8 +152,11 @@ class MS2D(nn.Module):
       proposal_nms: the K cells are picked greedily, each with IoU <= this with the picked ones (1 = top K).
       caption_input: 'fused' (F_cro, the seed) or 'video' (the cell's W^M F, without the query).
       caption_hidden: units of each decoder LSTM layer.
+      caption_word_mask: in training, the share of the decoder's read words replaced by a mask vector (SCN).
       use_caption: the caption module (off: no reconstruction; MIL or full supervision only).
       mismatched_pairs: also score every video with the next example's query (the MIL ranking's negatives).
+      video_negative: also reconstruct the query from the whole video (the longest cell of the coarsest scale,
+        read as ``caption_input`` says): the negative of ``loss.video_negative_weight``.
       dropout: on the word vectors and clip features.
       num_candidates: cells returned for evaluation (best p first).
       freeze_embeddings, embedding_init: the word table.
@@ -151,8 +174,10 @@ class MS2D(nn.Module):
     proposal_nms: float = 1.0
     caption_input: str = "fused"
     caption_hidden: int = 256
+    caption_word_mask: float = 0.0
     use_caption: bool = True
     mismatched_pairs: bool = False
+    video_negative: bool = False
     dropout: float = 0.1
     num_candidates: int = 100
     freeze_embeddings: bool = False
@@ -234,9 +259,18 @@ class MS2D(nn.Module):
         out["proposal_mask"] = jnp.stack(pick_masks, axis=1)  # [B, S, K]
         if self.use_caption:
             b, s, k = out["proposals"].shape
-            log_p = CaptionDecoder(self.vocab_size, self.caption_hidden, name="caption")(
-                jnp.concatenate(feats, axis=1), words, batch["query_tokens"], qmask)  # [B, S K, L]
-            out["caption_log_probs"] = log_p.reshape(b, s, k, -1)
+            feats = jnp.concatenate(feats, axis=1)  # [B, S K, c]
+            if self.video_negative:  # the longest valid cell of the coarsest map starting at clip 0: the whole video
+                source = fused_maps[-1] if self.caption_input == "fused" else video_maps[-1]
+                starts, ends = spans[-1][..., 0].reshape(b, -1), spans[-1][..., 1].reshape(b, -1)
+                whole = jnp.argmax(jnp.where((cell_masks[-1] > 0) & (starts == 0), ends, -1.0), axis=1)
+                feats = jnp.concatenate([feats, jnp.take_along_axis(source, whole[:, None, None], axis=1)], axis=1)
+            log_p = CaptionDecoder(self.vocab_size, self.caption_hidden, word_mask_rate=self.caption_word_mask,
+                                   name="caption")(feats, words, batch["query_tokens"], qmask,
+                                                   deterministic=det)  # [B, S K (+ 1), L]
+            out["caption_log_probs"] = log_p[:, :s * k].reshape(b, s, k, -1)
+            if self.video_negative:
+                out["video_caption_log_probs"] = log_p[:, s * k]  # [B, L]
         out["query_mask"] = qmask
 
         scores = jnp.where(out["cell_mask"] > 0, jax.nn.log_sigmoid(out["cell_logits"]), MASKED_SCORE)
@@ -288,13 +322,19 @@ def loss_fn(
     l_max: float = 0.2,
     min_iou: float = 0.5,
     max_iou: float = 1.0,
+    pseudo_targets: str = "proposals",
+    video_negative_weight: float = 1.0,
+    video_negative_margin: float = 0.2,
 ) -> tuple[Array, dict[str, Array]]:
     """The MS-2D objective (module docstring). 'weak': rec_weight L_rec + bce_weight L_rg-bce (pseudo labels
     from the reconstruction), or with ``use_pseudo_labels=False`` rec_weight L_rec + mil_weight L_mil, the hinge
     max(0, margin - s(v_i, q_i) + s(v_i, q_{i+1})) on the video-level score s = the best cell's logit (pairs of
     one video are skipped, when the batch has ``video_index``); the ranking is added to the pseudo labels' terms
-    whenever the model scored mismatched pairs. 'full': 2D-TAN's scaled-IoU BCE over every valid cell, the only
-    term that reads ``gt_span``. Returns (loss, metrics)."""
+    whenever the model scored mismatched pairs. ``pseudo_targets='iou_map'`` replaces the rule on the proposals by
+    the scaled-IoU BCE on every cell against the best-reconstructed proposal; when the model reconstructed the
+    whole video (``video_negative``), video_negative_weight max(0, margin - (LL_best - LL_video) / words) is added.
+    'full': 2D-TAN's scaled-IoU BCE over every valid cell, the only term that reads ``gt_span``.
+    Returns (loss, metrics)."""
     del step, rng, axis_name
     if supervision not in SUPERVISIONS:
         raise ValueError(f"loss.supervision must be one of {SUPERVISIONS}, got {supervision!r}")
@@ -312,17 +352,37 @@ def loss_fn(
             words = outputs["query_mask"][:, None, None, :] * outputs["proposal_mask"][..., None]
             metrics["reconstruction_loss"] = weighted_mean(-log_p, words * examples[:, None, None, None])
             total = total + rec_weight * metrics["reconstruction_loss"]
-        if use_pseudo_labels:
+        if use_pseudo_labels or "video_caption_log_probs" in outputs:
             if "caption_log_probs" not in outputs:
-                raise ValueError("pseudo labels need the caption module (model.use_caption=True)")
-            y = jax.lax.stop_gradient(pseudo_labels(jnp.sum(outputs["caption_log_probs"], axis=-1),
-                                                    outputs["proposal_mask"], l_min, l_max))  # [B, S, K]
-            b, s, k = y.shape
-            picked = jnp.take_along_axis(logits, outputs["proposals"].reshape(b, s * k), axis=1).reshape(b, s, k)
-            weights = outputs["proposal_mask"] * examples[:, None, None]
-            metrics["rg_bce_loss"] = weighted_mean(binary_cross_entropy(picked, y), weights)
-            metrics["pseudo_label_mean"] = weighted_mean(y, weights)
+                raise ValueError("pseudo labels and the video negative need the caption module (model.use_caption)")
+            likelihood = jnp.sum(outputs["caption_log_probs"], axis=-1)  # LL_k [B, S, K]
+            b, s, k = likelihood.shape
+            flat_mask = outputs["proposal_mask"].reshape(b, s * k)
+            best = jnp.argmax(jnp.where(flat_mask > 0, likelihood.reshape(b, s * k), -jnp.inf), axis=1)  # [B]
+            best_cell = jnp.take_along_axis(outputs["proposals"].reshape(b, s * k), best[:, None], axis=1)[:, 0]
+            best_span = jnp.take_along_axis(outputs["cell_spans"], best_cell[:, None, None], axis=1)[:, 0]  # [B, 2]
+            metrics["pseudo_span_length"] = weighted_mean(best_span[:, 1] - best_span[:, 0], examples)
+        if use_pseudo_labels:
+            if pseudo_targets not in PSEUDO_TARGETS:
+                raise ValueError(f"loss.pseudo_targets must be one of {PSEUDO_TARGETS}, got {pseudo_targets!r}")
+            if pseudo_targets == "proposals":  # the seed: the rule on the shares, BCE on the proposals' p
+                y = jax.lax.stop_gradient(pseudo_labels(likelihood, outputs["proposal_mask"], l_min, l_max))
+                picked = jnp.take_along_axis(logits, outputs["proposals"].reshape(b, s * k), axis=1).reshape(b, s, k)
+                weights = outputs["proposal_mask"] * examples[:, None, None]
+                metrics["rg_bce_loss"] = weighted_mean(binary_cross_entropy(picked, y), weights)
+                metrics["pseudo_label_mean"] = weighted_mean(y, weights)
+            else:  # the best-reconstructed proposal as a pseudo ground truth for 2D-TAN's scaled-IoU BCE
+                y = jax.lax.stop_gradient(scaled_iou_targets(outputs["cell_spans"], best_span, min_iou, max_iou))
+                weights = cells * examples[:, None]
+                metrics["rg_bce_loss"] = weighted_mean(binary_cross_entropy(logits, y), weights)
+                metrics["pseudo_label_mean"] = weighted_mean(y, weights)
             total = total + bce_weight * metrics["rg_bce_loss"]
+        if "video_caption_log_probs" in outputs:  # the best proposal must out-reconstruct the whole video
+            words_per_query = jnp.maximum(jnp.sum(outputs["query_mask"], axis=-1), 1.0)
+            best_ll = jnp.max(jnp.where(flat_mask > 0, likelihood.reshape(b, s * k), -1e9), axis=1)
+            gap = (best_ll - jnp.sum(outputs["video_caption_log_probs"], axis=-1)) / words_per_query
+            metrics["video_negative_loss"] = weighted_mean(jax.nn.relu(video_negative_margin - gap), examples)
+            total = total + video_negative_weight * metrics["video_negative_loss"]
         if not use_pseudo_labels and "mismatched_cell_logits" not in outputs:
             raise ValueError("the MIL ranking needs model.mismatched_pairs=True")
         if "mismatched_cell_logits" in outputs:
