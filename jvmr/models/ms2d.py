@@ -379,7 +379,7 @@ def loss_fn(
             total = total + bce_weight * metrics["rg_bce_loss"]
         if "video_caption_log_probs" in outputs:  # the best proposal must out-reconstruct the whole video
             words_per_query = jnp.maximum(jnp.sum(outputs["query_mask"], axis=-1), 1.0)
-            best_ll = jnp.max(jnp.where(flat_mask > 0, likelihood.reshape(b, s * k), -1e9), axis=1)
+            best_ll = jnp.take_along_axis(likelihood.reshape(b, s * k), best[:, None], axis=1)[:, 0]
             gap = (best_ll - jnp.sum(outputs["video_caption_log_probs"], axis=-1)) / words_per_query
             metrics["video_negative_loss"] = weighted_mean(jax.nn.relu(video_negative_margin - gap), examples)
             total = total + video_negative_weight * metrics["video_negative_loss"]
