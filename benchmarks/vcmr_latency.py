@@ -27,6 +27,7 @@ import json
 import math
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,7 +114,7 @@ def main() -> None:
     tokens = rng.integers(2, 1000, size=(args.batch, 30)).astype(np.int32)
     mask = np.ones((args.batch, 30), np.float32)
     query_batch = {"query_tokens": tokens, "query_mask": mask}
-    params = jax.jit(lambda r: model.init(r, query_batch, method=model.encode_query))(jax.random.key(0))
+    params = jax.jit(lambda r: nn.meta.unbox(model.init(r, query_batch, method=model.encode_query)))(jax.random.key(0))
     encode = jax.jit(lambda b: model.apply(params, b, method=model.encode_query))
 
     def run_batch() -> float:

@@ -17,8 +17,26 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 500
     config.checkpoint_every_steps = 500
     config.max_checkpoints_to_keep = 3
-    # 'jit': one jitted step with the batch sharded over a ('data',) mesh; 'pmap': jax.pmap.
+    # 'jit': one jitted step over a (data x model) device mesh (jvmr.sharding); 'pmap': jax.pmap over the
+    # local devices with replicated state.
     config.parallelism = "jit"
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.data = -1  # mesh shape: data * model = jax.device_count(); -1 takes the rest
+    config.sharding.model = 1  # > 1: attention heads, inner layers, fusion kernels split over devices
+    # (logical axis, mesh axis or None) pairs; empty = jvmr.sharding.DEFAULT_RULES.
+    config.sharding.rules = ()
+    # Several processes (jvmr.sharding.initialize_distributed): coordinator 'host:port' of process 0 with
+    # num_processes and process_id, or auto=True on a TPU pod / SLURM cluster. Every process runs the same
+    # command; each reads its share of the training data; only process 0 writes logs and metric files.
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.coordinator_address = ""
+    config.distributed.num_processes = 0
+    config.distributed.process_id = -1
+    config.distributed.auto = False
+    # 'bfloat16': forward and backward in bfloat16 (parameters, optimizer state and losses stay float32).
+    config.compute_dtype = "float32"
+    # k > 1: each step runs k micro-batches of batch_size / k and averages their gradients.
+    config.accumulation_steps = 1
 
     config.model = ml_collections.ConfigDict()
     config.model.name = ""

@@ -24,8 +24,11 @@ def main(argv):
         raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
     import tensorflow as tf
 
+    from jvmr import sharding
+
     # tf.data only feeds the host; keep TF off any accelerator JAX uses.
     tf.config.set_visible_devices([], "GPU")
+    sharding.initialize_distributed(FLAGS.config)  # several processes (pods, clusters): before any computation
     logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
     from jvmr import train

@@ -2,14 +2,17 @@
 
 ``train_and_evaluate(config, workdir)`` is the whole job: it prepares the data,
 builds the model named by ``config.model.name`` from the registry, trains it
-with a jitted, buffer-donating step whose batch is sharded over a ('data',)
-device mesh (or with ``jax.pmap`` when ``config.parallelism == 'pmap'``),
+with a jitted, buffer-donating step over a ``('data', 'model')`` device mesh
+(``jvmr.sharding``: batch split over ``data``, parameters and optimizer state
+sharded by the config's logical-axis rules; or with ``jax.pmap`` when
+``config.parallelism == 'pmap'``),
 evaluates every ``eval_every_steps`` on the evaluation splits, and checkpoints
 with orbax so that rerunning the same command resumes from the latest step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -17,6 +20,7 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,7 +32,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jvmr import metrics as metrics_lib
-from jvmr import registry
+from jvmr import fs, registry, sharding
 from jvmr.data import pipeline
 
 
@@ -49,26 +53,32 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
         data_dir = ds.data_dir or os.path.join(workdir, "data")
         start = time.time()
         world = synthetic.config_from_dict(ds.synthetic.to_dict())
-        if ds.name == "synthetic":
-            manifest = synthetic.build(data_dir, world)
-        else:
+
+        def build():
+            if ds.name == "synthetic":
+                return synthetic.build(data_dir, world)
             knobs = ds.corpus.to_dict() if "corpus" in ds else {}
-            manifest = corpus.build(data_dir, corpus.CorpusConfig(synthetic=world, **knobs))
+            return corpus.build(data_dir, corpus.CorpusConfig(synthetic=world, **knobs))
+
+        # Several processes: process 0 builds, the others then find it built (build is idempotent).
+        manifest = build() if jax.process_index() == 0 else None
+        sharding.barrier("jvmr_data_ready")
+        manifest = manifest or build()
         logging.info("%s benchmark ready in %s (%.1fs): %s", ds.name, data_dir, time.time() - start,
                      manifest["num_examples"])
         return data_dir
     if not ds.data_dir:
         raise ValueError(f"dataset {ds.name!r} needs --config.dataset.data_dir (built by data_prep)")
-    if not os.path.isdir(ds.data_dir):
+    if not fs.isdir(ds.data_dir):
         raise FileNotFoundError(f"dataset.data_dir {ds.data_dir!r} does not exist")
     return ds.data_dir
 
 
 def read_manifest(data_dir: str) -> dict[str, Any]:
     path = os.path.join(data_dir, "manifest.json")
-    if not os.path.exists(path):
+    if not fs.exists(path):
         return {}
-    with open(path) as f:
+    with fs.open(path) as f:
         return json.load(f)
 
 
@@ -143,10 +153,11 @@ def check_inputs(config: ml_collections.ConfigDict, spec: registry.ModelSpec) ->
 def load_pretrained_embeddings(params: Any, data_dir: str) -> Any:
     """Puts ``DATA_DIR/embeddings.npy`` [V, D] (GloVe rows aligned with vocab.txt) in ``params['word_embed']``."""
     path = os.path.join(data_dir, "embeddings.npy")
-    if not os.path.exists(path):
+    if not fs.exists(path):
         raise FileNotFoundError(f"dataset.pretrained_embeddings is set but {path} does not exist "
                                 "(build the data with `python -m data_prep.build --glove=...`)")
-    table = np.load(path)
+    with fs.open(path, "rb") as f:
+        table = np.load(f)
     if "word_embed" not in params:
         raise ValueError("dataset.pretrained_embeddings is set but the model has no 'word_embed' table")
     current = params["word_embed"]["embedding"]
@@ -212,13 +223,25 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     return tx
 
 
+def state_initializer(config: ml_collections.ConfigDict, model, example_batch: dict[str, np.ndarray]
+                      ) -> Callable[[jax.Array], TrainState]:
+    """``rng -> TrainState`` whose parameters (and their Adam moments) are still boxed with their logical
+    axis names (``jvmr.sharding`` reads them; ``nn.meta.unbox`` drops them)."""
+    batch = {k: v[:1] for k, v in pipeline.device_batch(example_batch).items()}
+    tx = create_optimizer(config)
+
+    def init(rng: jax.Array) -> TrainState:
+        init_rng, dropout_rng = jax.random.split(rng)
+        variables = model.init(init_rng, batch, train=False)
+        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx, dropout_rng=dropout_rng)
+    return init
+
+
 def create_train_state(config: ml_collections.ConfigDict, model, example_batch: dict[str, np.ndarray],
                        rng: jax.Array) -> TrainState:
-    init_rng, dropout_rng = jax.random.split(rng)
-    batch = {k: v[:1] for k, v in pipeline.device_batch(example_batch).items()}
-    variables = jax.jit(functools.partial(model.init, train=False))(init_rng, batch)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             tx=create_optimizer(config), dropout_rng=dropout_rng)
+    """The initial state on the default device (plain arrays; ``Stepper.create_state`` shards it at birth)."""
+    init = state_initializer(config, model, example_batch)
+    return jax.jit(lambda key: nn.meta.unbox(init(key)))(rng)
 
 
 # ------------------------------------------------------------------------ steps
@@ -226,25 +249,95 @@ def create_train_state(config: ml_collections.ConfigDict, model, example_batch: 
 LOSS_RNG_STREAM = 2**30  # Folded into the root key for the loss's own draws (sampled negatives).
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _floats_to(tree: Any, dtype) -> Any:
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+LOW_PRECISION_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.Einsum)
+
+
+def _apply(state: TrainState, params: Any, batch: dict[str, jax.Array], compute_dtype: str, **kwargs):
+    """The model's outputs, computed in ``compute_dtype``.
+
+    With 'bfloat16': the parameters and the float inputs (features and masks; not the labels,
+    ``pipeline.LABEL_KEYS``) are cast to bfloat16 (the float32 parameters receive the gradients through
+    the cast); every Dense / Conv layer casts its inputs to bfloat16 (so a float32 value made inside a
+    model, e.g. a mask from lengths, cannot promote its matrix products back to float32), and the
+    recurrences (``layers.Recurrence``) compute in their kernels' dtype while carrying their states in
+    float32; the outputs come back as float32, so that losses (which read the float32 batch) and
+    metrics are float32.
+    """
+    if compute_dtype == "float32":
+        return state.apply_fn({"params": params}, batch, **kwargs)
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"config.compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+
+    def low_precision_inputs(next_fun, args, call_kwargs, context):
+        if not isinstance(context.module, LOW_PRECISION_LAYERS) or context.method_name != "__call__":
+            return next_fun(*args, **call_kwargs)
+        return next_fun(*_floats_to(args, compute_dtype), **call_kwargs)
+
+    low = {k: (v if k in pipeline.LABEL_KEYS else _floats_to(v, compute_dtype)) for k, v in batch.items()}
+    with nn.intercept_methods(low_precision_inputs):
+        outputs = state.apply_fn({"params": _floats_to(params, compute_dtype)}, low, **kwargs)
+    return _floats_to(outputs, jnp.float32)
+
+
 def _loss_and_grads(state: TrainState, batch: dict[str, jax.Array], loss_fn: Callable,
-                    loss_config: dict[str, Any], axis_name: str | None = None):
+                    loss_config: dict[str, Any], axis_name: str | None = None, compute_dtype: str = "float32",
+                    micro_step: jax.Array | None = None):
     rng = jax.random.fold_in(state.dropout_rng, state.step)
     loss_rng = jax.random.fold_in(jax.random.fold_in(state.dropout_rng, LOSS_RNG_STREAM), state.step)
+    if micro_step is not None:  # gradient accumulation: each micro-batch draws its own masks
+        rng, loss_rng = jax.random.fold_in(rng, micro_step), jax.random.fold_in(loss_rng, micro_step)
     if axis_name is not None:  # pmap: every device draws its own dropout masks.
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def compute_loss(params):
-        outputs = state.apply_fn({"params": params}, batch, train=True, rngs={"dropout": rng})
+        outputs = _apply(state, params, batch, compute_dtype, train=True, rngs={"dropout": rng})
         return loss_fn(outputs, batch, step=state.step, rng=loss_rng, axis_name=axis_name, **loss_config)
 
     (_, step_metrics), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
     return step_metrics, grads
 
 
+def micro_batches(batch: dict[str, jax.Array], num: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [num, B / num, ...]; micro-batch i holds the examples j with j % num == i, so that each
+    device's rows stay on that device when B is split over devices (B / devices divisible by num)."""
+    return {k: v.reshape((v.shape[0] // num, num) + v.shape[1:]).swapaxes(0, 1) for k, v in batch.items()}
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: Callable,
-               loss_config: dict[str, Any], axis_name: str | None = None):
-    """One optimisation step; with ``axis_name`` (pmap) gradients are averaged across devices."""
-    step_metrics, grads = _loss_and_grads(state, batch, loss_fn, loss_config, axis_name)
+               loss_config: dict[str, Any], axis_name: str | None = None, accumulation_steps: int = 1,
+               compute_dtype: str = "float32"):
+    """One optimisation step; with ``axis_name`` (pmap) gradients are averaged across devices.
+
+    With ``accumulation_steps`` k > 1 the batch is split into k micro-batches (:func:`micro_batches`)
+    that run one after another (``lax.scan``, so only one micro-batch's activations are alive), and
+    the update uses the mean of their gradients; the metrics are their means. Each micro-batch's loss
+    is normalised over that micro-batch, so this equals one batch of B when the loss is a mean of
+    per-example terms with equal weights; in-batch negatives (ReLoCLNet, MS-2D's mismatched pairs)
+    come from the micro-batch only.
+    """
+    grads_of = functools.partial(_loss_and_grads, loss_fn=loss_fn, loss_config=loss_config,
+                                 axis_name=axis_name, compute_dtype=compute_dtype)
+    if accumulation_steps == 1:
+        step_metrics, grads = grads_of(state, batch)
+    else:
+        micro = micro_batches(batch, accumulation_steps)
+
+        def accumulate(total, inputs):
+            index, one = inputs
+            return jax.tree.map(jnp.add, total, grads_of(state, one, micro_step=index)), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+            lambda st, b: grads_of(st, b, micro_step=jnp.zeros((), jnp.int32)), state, first))
+        total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation_steps), micro))
+        step_metrics, grads = jax.tree.map(lambda x: x / accumulation_steps, total)
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         step_metrics = jax.lax.pmean(step_metrics, axis_name)
@@ -252,70 +345,121 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: Calla
     return state.apply_gradients(grads=grads), step_metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, predict_fn: Callable):
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, predict_fn: Callable,
+              compute_dtype: str = "float32"):
     """Deterministic forward pass -> (candidate spans as fractions [B, N, 2], scores [B, N])."""
-    outputs = state.apply_fn({"params": state.params}, batch, train=False)
+    outputs = _apply(state, state.params, batch, compute_dtype, train=False)
     return predict_fn(outputs, batch)
 
 
 class Stepper:
-    """Compiles the train / eval steps for the configured parallelism and feeds them batches."""
+    """Compiles the train / eval steps for the configured parallelism and feeds them batches.
 
-    def __init__(self, config: ml_collections.ConfigDict, spec: registry.ModelSpec):
+    'jit' (default): one program over a ``('data', 'model')`` mesh (``jvmr.sharding``): the batch is split
+    over ``data``, the parameters and optimizer state are sharded by the logical-axis rules, and the
+    modules' activation constraints are active. 'pmap': ``jax.pmap`` over the local devices, replicated
+    state, gradients averaged with ``pmean``.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, spec: registry.ModelSpec, model,
+                 example_batch: dict[str, np.ndarray]):
         self.mode = config.parallelism
+        self.init_fn = state_initializer(config, model, example_batch)
         loss_config = config.loss.to_dict()
+        accumulation = int(config.get("accumulation_steps", 1))
+        dtype = config.get("compute_dtype", "float32")
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"config.compute_dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         n = jax.device_count()
-        if config.batch_size % n:
-            raise ValueError(f"batch_size {config.batch_size} is not divisible by {n} devices")
-        if config.eval.batch_size % n:
-            raise ValueError(f"eval.batch_size {config.eval.batch_size} is not divisible by {n} devices")
+        if self.mode == "pmap" and jax.process_count() > 1:
+            raise ValueError("parallelism='pmap' runs on one host; use parallelism='jit' with several processes")
         if self.mode == "jit":
-            self.mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+            self.mesh = sharding.make_mesh(config)
+            self.rules = sharding.rules_from_config(config)
+            n = self.mesh.shape["data"]
+        if accumulation < 1:
+            raise ValueError(f"config.accumulation_steps must be >= 1, got {accumulation}")
+        if config.batch_size % (n * accumulation):
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {n} devices of the data axis "
+                             f"times accumulation_steps {accumulation} (each device's share splits into "
+                             f"{accumulation} equal micro-batches)")
+        if config.eval.batch_size % n:
+            raise ValueError(f"eval.batch_size {config.eval.batch_size} is not divisible by the {n} devices of "
+                             "the data axis")
+        step_fn = functools.partial(train_step, loss_fn=spec.loss_fn, loss_config=loss_config,
+                                    accumulation_steps=accumulation, compute_dtype=dtype)
+        eval_fn = functools.partial(eval_step, predict_fn=spec.predict_fn, compute_dtype=dtype)
+        if self.mode == "jit":
             self.replicated = NamedSharding(self.mesh, P())
             self.data_sharding = NamedSharding(self.mesh, P("data"))
-            self._train = jax.jit(
-                functools.partial(train_step, loss_fn=spec.loss_fn, loss_config=loss_config),
-                in_shardings=(self.replicated, self.data_sharding),
-                out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-            self._eval = jax.jit(functools.partial(eval_step, predict_fn=spec.predict_fn),
-                                 in_shardings=(self.replicated, self.data_sharding),
-                                 out_shardings=self.data_sharding)
+            with sharding.activate(self.mesh, self.rules):
+                self.state_shardings = sharding.shardings_of(jax.eval_shape(self.init_fn, jax.random.key(0)),
+                                                             self.mesh, self.rules)
+            self._train = jax.jit(step_fn, in_shardings=(self.state_shardings, self.data_sharding),
+                                  out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+            # Predictions come back to every process (each scores the whole split).
+            self._eval = jax.jit(eval_fn, in_shardings=(self.state_shardings, self.data_sharding),
+                                 out_shardings=self.replicated)
         elif self.mode == "pmap":
-            self._train = jax.pmap(
-                functools.partial(train_step, loss_fn=spec.loss_fn, loss_config=loss_config,
-                                  axis_name="batch"), axis_name="batch", donate_argnums=0)
-            self._eval = jax.pmap(functools.partial(eval_step, predict_fn=spec.predict_fn))
+            self._train = jax.pmap(functools.partial(step_fn, axis_name="batch"), axis_name="batch",
+                                   donate_argnums=0)
+            self._eval = jax.pmap(eval_fn)
         else:
             raise ValueError(f"config.parallelism must be 'jit' or 'pmap', got {self.mode!r}")
 
+    def _context(self):
+        return sharding.activate(self.mesh, self.rules) if self.mode == "jit" else contextlib.nullcontext()
+
     # Host <-> device layout.
-    def put_state(self, state: TrainState) -> TrainState:
+    def create_state(self, rng: jax.Array) -> TrainState:
+        """The initial state, laid out for the steps (jit: each array born with its sharding)."""
         if self.mode == "jit":
-            return jax.device_put(state, self.replicated)
-        n = jax.local_device_count()
-        return jax.tree.map(lambda x: jnp.stack([x] * n), state)
+            return sharding.create_sharded(self.init_fn, rng, self.mesh, self.rules)[0]
+        return self.put_state(jax.jit(lambda key: nn.meta.unbox(self.init_fn(key)))(rng))
+
+    def put_state(self, state: TrainState) -> TrainState:
+        """``state`` (e.g. restored, or from ``create_train_state``) laid out for the steps."""
+        if self.mode == "jit":
+            # Re-wrapped in the steps' own TrainState (its tx / apply_fn are static pytree metadata).
+            treedef = jax.tree.structure(self.state_shardings)
+            # Copies: the steps donate their state, never the caller's arrays (device_put may alias them).
+            leaves = [jnp.copy(x) if isinstance(x, jax.Array) else x for x in jax.tree.leaves(state)]
+            if len(leaves) != treedef.num_leaves:
+                raise ValueError(f"the state has {len(leaves)} arrays but this model's has {treedef.num_leaves}")
+            return jax.device_put(jax.tree.unflatten(treedef, leaves), self.state_shardings)
+        # pmap's layout: one copy per local device along a leading axis named like pmap's.
+        replicas = NamedSharding(jax.sharding.Mesh(np.array(jax.local_devices()), ("batch",)), P("batch"))
+        return jax.tree.map(lambda x: jax.device_put(jnp.stack([x] * jax.local_device_count()), replicas), state)
 
     def get_state(self, state: TrainState) -> TrainState:
-        """A single (unreplicated) copy of the state, e.g. for checkpoints."""
+        """A single (unreplicated) copy of the state, e.g. for checkpoints (jit: the sharded state itself)."""
         if self.mode == "jit":
             return state
         return jax.tree.map(lambda x: x[0], state)
 
-    def put_batch(self, batch: dict[str, np.ndarray]):
+    def put_batch(self, batch: dict[str, np.ndarray], *, global_batch: bool = False):
+        """This process's share of a global batch (training), or with ``global_batch`` the whole batch,
+        identical on every process (evaluation), laid out over the ``data`` axis."""
         batch = pipeline.device_batch(batch)
+        if self.mode == "jit" and global_batch:
+            return {k: jax.make_array_from_callback(v.shape, self.data_sharding, lambda index, v=v: v[index])
+                    for k, v in batch.items()}
         if self.mode == "jit":
             return {k: jax.make_array_from_process_local_data(self.data_sharding, v) for k, v in batch.items()}
         n = jax.local_device_count()
         return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
 
     def train(self, state, batch):
-        state, step_metrics = self._train(state, self.put_batch(batch))
+        with self._context():
+            state, step_metrics = self._train(state, self.put_batch(batch))
         if self.mode == "pmap":
             step_metrics = jax.tree.map(lambda x: x[0], step_metrics)
         return state, step_metrics
 
     def predict(self, state, batch) -> tuple[np.ndarray, np.ndarray]:
-        spans, scores = jax.device_get(self._eval(state, self.put_batch(batch)))
+        """Candidates of a whole evaluation batch (every process passes the same batch and gets them all)."""
+        with self._context():
+            spans, scores = jax.device_get(self._eval(state, self.put_batch(batch, global_batch=True)))
         if self.mode == "pmap":
             spans = spans.reshape((-1,) + spans.shape[2:])
             scores = scores.reshape((-1,) + scores.shape[2:])
@@ -358,13 +502,17 @@ def evaluate(stepper: Stepper, state: TrainState, batches: Iterator[dict[str, np
 
 
 def evaluate_corpus(config: ml_collections.ConfigDict, model, state: TrainState,
-                    batches: Iterator[dict[str, np.ndarray]]) -> tuple[dict[str, float], dict[str, Any]]:
-    """VCMR / SVMR / VR of one split against its whole corpus (``jvmr.retrieval.evaluate_corpus``)."""
+                    batches: Iterator[dict[str, np.ndarray]], out_sharding: Any = None
+                    ) -> tuple[dict[str, float], dict[str, Any]]:
+    """VCMR / SVMR / VR of one split against its whole corpus (``jvmr.retrieval.evaluate_corpus``).
+
+    ``out_sharding``: where the encodings go (replicated over the mesh, so that every process reads them)."""
     from jvmr import retrieval
     params = state.params
 
     def encoder(method):
-        fn = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False, method=method))
+        fn = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False, method=method),
+                     out_shardings=out_sharding)
         return lambda batch: fn(params, pipeline.device_batch(batch))
 
     info = {"model": config.model.to_dict(), "dataset": config.dataset.name}
@@ -384,13 +532,10 @@ def search_settings(config: ml_collections.ConfigDict):
 
 def write_corpus_predictions(directory: str, split: str, step: int, predictions: dict[str, Any]) -> None:
     """``{split}_step{step}_tvr.json`` (the TVR submission: VCMR, SVMR, VR) and its metrics."""
-    os.makedirs(directory, exist_ok=True)
+    fs.makedirs(directory)
     for name, obj in ((f"{split}_step{step}_tvr.json", predictions["submission"]),
                       (f"{split}_step{step}_metrics.json", {"protocol": "tvr", "metrics": predictions["metrics"]})):
-        tmp = os.path.join(directory, name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, os.path.join(directory, name))
+        fs.write_text_atomic(os.path.join(directory, name), json.dumps(obj))
 
 
 def write_predictions(directory: str, split: str, step: int, predictions: dict[str, Any]) -> None:
@@ -408,14 +553,14 @@ def write_predictions(directory: str, split: str, step: int, predictions: dict[s
     * ``{split}_step{step}_metrics.json``: the protocol's full result, in its
       reference evaluator's structure, with the protocol's name.
     """
-    os.makedirs(directory, exist_ok=True)
+    fs.makedirs(directory)
     tie_break = metrics_lib.get_protocol(predictions.get("protocol", "jvmr")).tie_break
     metrics_lib.write_predictions_jsonl(
         os.path.join(directory, f"{split}_step{step}.jsonl"), predictions["qid"], predictions["vid"],
         predictions["duration"], predictions["spans"], predictions["scores"], predictions["valid"],
         queries=predictions["query"], tie_break=tie_break)
     gt_path = os.path.join(directory, f"{split}_ground_truth.jsonl")
-    if not os.path.exists(gt_path):
+    if not fs.exists(gt_path):
         metrics_lib.write_ground_truth_jsonl(
             gt_path, predictions["qid"], predictions["vid"], predictions["duration"], predictions["gt_spans"],
             predictions["gt_valid"], queries=predictions["query"])
@@ -428,12 +573,29 @@ def write_predictions(directory: str, split: str, step: int, predictions: dict[s
             predictions["gt_spans"], predictions["gt_valid"])
     if "metrics" in predictions:
         path = os.path.join(directory, f"{split}_step{step}_metrics.json")
-        with open(path + ".tmp", "w") as f:  # NaN where the reference writes NaN (TVR by-type, no query)
-            json.dump({"protocol": predictions.get("protocol"), **predictions["metrics"]}, f, indent=2)
-        os.replace(path + ".tmp", path)
+        # NaN where the reference writes NaN (TVR by-type, no query).
+        fs.write_text_atomic(path, json.dumps({"protocol": predictions.get("protocol"), **predictions["metrics"]},
+                                              indent=2))
 
 
 # ------------------------------------------------------------------------ main loop
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """Whether every float leaf of ``tree`` is finite (a replicated scalar, readable on every process)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+class _NoWriter:
+    """The TensorBoard writer of processes other than 0 (only process 0 writes logs)."""
+
+    def scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 def _log_eval(workdir: str, writer, step: int, split: str, protocol: str, result: dict[str, float]) -> None:
@@ -442,8 +604,7 @@ def _log_eval(workdir: str, writer, step: int, split: str, protocol: str, result
     if jax.process_index() != 0:
         return
     row = {"step": step, "split": split, "protocol": protocol, **{k: round(float(v), 4) for k, v in result.items()}}
-    with open(os.path.join(workdir, "eval_metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+    fs.append_line(os.path.join(workdir, "eval_metrics.jsonl"), json.dumps(row))
     for k, v in result.items():
         writer.scalar(f"{split}/{protocol}/{k}", v, step)
     logging.info("[step %d] %s (protocol %s):\n%s", step, split, protocol, metrics_lib.format_metrics_table(result))
@@ -456,50 +617,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     """
     from flax.metrics import tensorboard
 
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     data_dir = prepare_data(config, workdir)
     config = resolve_dataset(config, data_dir)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:
+        fs.write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     logging.info("Dataset %s in %s: %d-d features, evaluating %s with protocol %s", config.dataset.name, data_dir,
                  config.dataset.feature_dim, list(config.dataset.eval_splits), config.dataset.protocol)
     vocab = pipeline.load_vocabulary(data_dir)
     spec = registry.get_model_spec(config.model.name)
     inputs = check_inputs(config, spec)
     model = registry.create_model(config.model, vocab_size=len(vocab))
-    stepper = Stepper(config, spec)
-    writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    writer = (tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0
+              else _NoWriter())
 
     per_host_batch = config.batch_size // jax.process_count()
     def eval_batches(split: str):
-        ds = pipeline.make_dataset(data_dir, split, config.dataset, batch_size=config.eval.batch_size // jax.process_count(),
-                                   training=False, vocab=vocab, shard_index=jax.process_index(),
-                                   num_shards=jax.process_count(), inputs=inputs)
+        # Every process reads the whole split in the same order: the forward pass is sharded over all
+        # devices and every process gets all predictions, so all processes compute the same metrics.
+        ds = pipeline.make_dataset(data_dir, split, config.dataset, batch_size=config.eval.batch_size,
+                                   training=False, vocab=vocab, inputs=inputs)
         return pipeline.as_numpy(ds)
 
     rng = jax.random.key(config.seed)
     first = next(eval_batches(config.dataset.eval_splits[0]))
-    state = create_train_state(config, model, first, rng)
+    stepper = Stepper(config, spec, model, first)
+    state = stepper.create_state(rng)
     if config.dataset.pretrained_embeddings:
-        state = state.replace(params=load_pretrained_embeddings(state.params, data_dir))
+        state = stepper.get_state(state)
+        state = stepper.put_state(state.replace(params=load_pretrained_embeddings(state.params, data_dir)))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("Model %s: %d parameters; devices: %s", config.model.name, num_params, jax.devices())
 
-    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    ckpt_dir = os.path.join(fs.abspath(workdir), "checkpoints")
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
         max_to_keep=config.max_checkpoints_to_keep, create=True))
     start_step = 0
     if manager.latest_step() is not None:
         start_step = manager.latest_step()
-        state = manager.restore(start_step, args=ocp.args.StandardRestore(state))
+        state = stepper.put_state(manager.restore(start_step, args=ocp.args.StandardRestore(stepper.get_state(state))))
         logging.info("Resumed from checkpoint at step %d", start_step)
-    state = stepper.put_state(state)
 
     def save(step: int, current) -> None:
         if manager.latest_step() == step:
             return
         single = stepper.get_state(current)
-        if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(single.params)):
+        if not bool(all_finite(single.params)):
             raise FloatingPointError(f"parameters are not finite at step {step}; last good "
                                      f"checkpoint: step {manager.latest_step()}")
         manager.save(step, args=ocp.args.StandardSave(single))
@@ -517,7 +680,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     def run_eval(step: int) -> None:
         for split in config.dataset.eval_splits:
             if evaluator == "corpus":
-                result, predictions = evaluate_corpus(config, model, stepper.get_state(state), eval_batches(split))
+                result, predictions = evaluate_corpus(config, model, stepper.get_state(state), eval_batches(split),
+                                                      getattr(stepper, "replicated", None))
             elif evaluator == "moment":
                 result, predictions = evaluate(stepper, state, eval_batches(split), config.dataset.protocol)
             else:
@@ -554,8 +718,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                 for k, v in summary.items():
                     writer.scalar(f"train/{k}", v, step)
                 if jax.process_index() == 0:
-                    with open(os.path.join(workdir, "train_metrics.jsonl"), "a") as f:
-                        f.write(json.dumps({"step": step, **summary, "steps_per_sec": rate}) + "\n")
+                    fs.append_line(os.path.join(workdir, "train_metrics.jsonl"),
+                                   json.dumps({"step": step, **summary, "steps_per_sec": rate}))
             if step % config.checkpoint_every_steps == 0:
                 save(step, state)
             if step % config.eval_every_steps == 0 and step != config.num_train_steps:

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,7 +146,7 @@ def pad_batch(batch, extra_t=5, extra_l=3, extra_e=4, seed=7):
 
 def random_params_module(module, *args, seed=0, scale=0.3, **kwargs):
     """Random-normal params (biases included) with the init's shapes, without compiling the init."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
+    shapes = nn.meta.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs)))
     leaves, treedef = jax.tree_util.tree_flatten(shapes)
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_unflatten(

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -559,7 +560,7 @@ def test_query_blind_ignores_the_query():
 def test_adam_steps_decrease_loss():
     batch = make_batch(15)
     model = cmin_lib.CMIN(**SMALL)  # same config/shapes as other tests: the eval program is already compiled
-    init = jax.jit(lambda k: model.init(k, batch, train=False), compiler_options=FAST_COMPILE)
+    init = jax.jit(lambda k: nn.meta.unbox(model.init(k, batch, train=False)), compiler_options=FAST_COMPILE)
     params = init(jax.random.key(0))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(params))
     tx = optax.adam(1e-2)

@@ -16,7 +16,8 @@ ATOL = 1e-5
 
 
 def jit_init(module, *args, seed=0, **kwargs):
-    return jax.jit(lambda key: module.init(key, *args, **kwargs), compiler_options=FAST_COMPILE)(jax.random.key(seed))
+    return jax.jit(lambda key: nn.meta.unbox(module.init(key, *args, **kwargs)),
+                   compiler_options=FAST_COMPILE)(jax.random.key(seed))
 
 
 def jit_apply(module, params, *args, **kwargs):
@@ -139,6 +140,42 @@ def test_bigru_padding_invariance():
     out_big = np.asarray(jit_apply(gru, params, x_big, mask_big))
     np.testing.assert_allclose(out_big[:, :6] * mask[..., None], out * mask[..., None], atol=1e-6)
     np.testing.assert_array_equal(out_big[mask_big == 0], 0.0)
+
+
+@pytest.mark.parametrize("kind, cell", [("gru", nn.GRUCell), ("lstm", nn.OptimizedLSTMCell)])
+def test_recurrence_is_flax_rnn_with_hoisted_input_projections(kind, cell):
+    """Same parameter tree, initial values and outputs as nn.RNN(cell), forwards and (with lengths) backwards."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(3, 9, 5)).astype(np.float32)
+    lengths = np.array([9, 5, 2])
+    ours = layers.Recurrence(6, kind)
+    params = jit_init(ours, x)
+    theirs = nn.RNN(cell(6))
+    reference = jit_init(theirs, x)
+    assert jax.tree.structure(params) == jax.tree.structure(reference)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):  # same initial values too
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(jit_apply(ours, params, x), jit_apply(theirs, params, x), rtol=RTOL, atol=ATOL)
+    backwards = layers.Recurrence(6, kind, reverse=True)
+    out = np.asarray(jit_apply(backwards, params, x, jnp.asarray(lengths)))
+    ref = np.asarray(jit_apply(nn.RNN(cell(6), reverse=True, keep_order=True), params, x,
+                               seq_lengths=jnp.asarray(lengths)))
+    valid = prefix_mask(lengths, 9) > 0
+    np.testing.assert_allclose(out[valid], ref[valid], rtol=RTOL, atol=ATOL)
+
+
+def test_recurrence_computes_in_its_kernels_dtype_and_carries_float32():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    lstm = layers.Recurrence(3, "lstm")
+    params = jit_init(lstm, x)
+    low = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    jaxpr = str(jax.make_jaxpr(lambda p: lstm.apply(p, x))(low))
+    dots = [line for line in jaxpr.splitlines() if "dot_general" in line]
+    assert dots and all("bf16[" in line for line in dots), dots
+    out = jit_apply(lstm, low, x)
+    assert out.dtype == jnp.float32  # the state (and so the outputs) stay float32
+    np.testing.assert_allclose(out, jit_apply(lstm, params, x), atol=3e-2)
 
 
 def test_additive_attention_matches_numpy():

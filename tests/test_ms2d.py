@@ -4,6 +4,7 @@ scaled-IoU BCE against numpy, padding invariance, and no boundary in weakly supe
 import os
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +49,7 @@ def make_model(**overrides):
 def model_and_outputs():
     model = make_model()
     batch = make_batch()
-    variables = model.init(jax.random.key(0), batch)
+    variables = nn.meta.unbox(model.init(jax.random.key(0), batch))
     return model, variables, batch, model.apply(variables, batch)
 
 
@@ -130,7 +131,7 @@ def test_fusion_and_scorer_match_numpy():
     + b, with f^S max-pooled in windows of r clips: the seed's equations, in numpy."""
     model = make_model(map_conv_layers=0, use_caption=False, mismatched_pairs=False)
     batch = make_batch()
-    variables = model.init(jax.random.key(1), batch)
+    variables = nn.meta.unbox(model.init(jax.random.key(1), batch))
     out, state = model.apply(variables, batch, capture_intermediates=True)
     inter = state["intermediates"]
     p = jax.tree.map(np.asarray, variables["params"])
@@ -227,7 +228,7 @@ def video_negative_outputs():
     model = make_model(video_negative=True, caption_input="video", num_proposals=16, proposal_nms=1.0,
                        mismatched_pairs=False)
     batch = make_batch()
-    variables = model.init(jax.random.key(1), batch)
+    variables = nn.meta.unbox(model.init(jax.random.key(1), batch))
     return model, variables, batch, model.apply(variables, batch)
 
 
@@ -285,7 +286,7 @@ def test_caption_word_mask():
     words, other = (jnp.asarray(rng.normal(size=(B, L, 6)), jnp.float32) for _ in range(2))
     mask = jnp.asarray(prefix_mask(WORDS, L))
     decoder = ms2d.CaptionDecoder(V, 8, word_mask_rate=1.0)
-    params = decoder.init(jax.random.key(0), feats, words, tokens, mask)
+    params = nn.meta.unbox(decoder.init(jax.random.key(0), feats, words, tokens, mask))
     train = lambda w: decoder.apply(params, feats, w, tokens, mask, deterministic=False,  # noqa: E731
                                     rngs={"dropout": jax.random.key(1)})
     np.testing.assert_allclose(train(words), train(other), atol=1e-6)

@@ -1,6 +1,7 @@
 """ReLoCLNet: scores and losses against numpy references written from the paper's equations,
 masks, in-batch negatives, switches."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +67,7 @@ def model_and_outputs():
     cfg = model_config()
     model = registry.create_model(cfg.model, vocab_size=20)
     batch = make_batch()
-    variables = model.init(jax.random.key(0), batch, train=False)
+    variables = nn.meta.unbox(model.init(jax.random.key(0), batch, train=False))
     return cfg, model, variables, batch, model.apply(variables, batch, train=False)
 
 
@@ -276,7 +277,7 @@ def test_attention_block_is_post_ln_residual():
     x = rng.normal(size=(2, 5, 8)).astype(np.float32)
     mask = prefix_mask([5, 3], 5)
     block = rl.AttentionBlock(num_heads=2)
-    variables = block.init(jax.random.key(0), x, mask)
+    variables = nn.meta.unbox(block.init(jax.random.key(0), x, mask))
     got = np.asarray(block.apply(variables, x, mask))
     p = variables["params"]
     att = p["attention"]
@@ -305,7 +306,7 @@ def test_single_stream_and_released_readings():
     model = registry.create_model(cfg.model, vocab_size=20)
     batch = make_batch()
     del batch["subtitle_feats"]
-    variables = model.init(jax.random.key(0), batch, train=False)
+    variables = nn.meta.unbox(model.init(jax.random.key(0), batch, train=False))
     assert not any("subtitle" in k or "cross" in k for k in variables["params"])
     out = model.apply(variables, batch, train=False)
     assert out["query"].shape == (B, 1, 16) and "video_cl_context" not in out
@@ -325,7 +326,7 @@ def test_query_features_replace_the_word_table():
     batch["query_feats"] = rng.normal(size=(B, L, 12)).astype(np.float32)
     batch["query_feats_mask"] = batch.pop("query_mask")
     del batch["query_tokens"]
-    variables = model.init(jax.random.key(0), batch, train=False)
+    variables = nn.meta.unbox(model.init(jax.random.key(0), batch, train=False))
     assert "word_embed" not in variables["params"]
     assert model.apply(variables, batch, train=False)["query"].shape == (B, 2, 16)
 
@@ -384,7 +385,7 @@ def test_conv_init_switch():
         rl.conv_kernel_init("xavier")
     for kind, bound in (("torch", 1 / np.sqrt(5)), ("normal", 0.1)):
         model = registry.create_model(model_config(conv_init=kind).model, vocab_size=20)
-        params = model.init(jax.random.key(1), make_batch(), train=False)["params"]
+        params = nn.meta.unbox(model.init(jax.random.key(1), make_batch(), train=False))["params"]
         assert np.max(np.abs(params["conv_start"])) <= bound
     assert reloclnet_config.get_config("tvr").model.conv_init == "torch"
 

@@ -1,6 +1,7 @@
 """Corpus search (jvmr.retrieval) against brute-force numpy references; index files; the corpus
 evaluator agrees with the per-query decoder on the query's own video."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_corpus_evaluator_agrees_with_the_per_query_decoder():
     cfg = model_config(num_candidates=400)
     model = registry.create_model(cfg.model, vocab_size=20)
     batch = make_batch()
-    variables = model.init(jax.random.key(0), batch, train=False)
+    variables = nn.meta.unbox(model.init(jax.random.key(0), batch, train=False))
     out = model.apply(variables, batch, train=False)
     b = dict(batch, vid=np.array([f"v{i}".encode() for i in batch["video_index"]]),
              qid=np.array([f"q{i}".encode() for i in range(6)]), query=np.array([b"x"] * 6),

@@ -106,83 +106,41 @@ def test_losses_decrease(tmp_path):
     assert len(losses) == 4 and losses[-1] < losses[0] * 0.8, losses
 
 
-MULTI_DEVICE_SCRIPT = r"""
-import functools, json, sys
+PMAP_SCRIPT = r"""
+import json, sys
 import jax, numpy as np
 from configs import test as test_config
-from jvmr import registry, train
-from jvmr.data import pipeline
+from jvmr import train
 assert jax.device_count() == 8, jax.devices()
-root, results = sys.argv[1], {}
-for mode in ("jit", "pmap"):  # End to end: train, checkpoint, evaluate.
+root = sys.argv[1]
+for steps in (4, 6):  # End to end: train, checkpoint, evaluate, then resume.
     config = test_config.get_config()
-    config.parallelism = mode
-    config.batch_size = 16
-    config.eval.batch_size = 16
-    config.num_train_steps = 4
+    config.parallelism = "pmap"
+    config.batch_size = config.eval.batch_size = 16
+    config.num_train_steps = steps
+    config.checkpoint_every_steps = 4
     config.eval_every_steps = 1000
     config.dataset.eval_splits = ("val",)
-    state, final = train.train_and_evaluate(config, root + "/" + mode)
-    results[mode] = {"step": int(state.step), "metrics": final["val"],
-                     "finite": all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(state.params))}
-
-# One step of each mode against single-device references (dropout off: deterministic math).
-config = test_config.get_config()
-config.batch_size = config.eval.batch_size = 16
-config.model.dropout = 0.0
-config.optimizer.schedule, config.optimizer.warmup_steps = "constant", 0  # A full-size first step.
-data_dir = root + "/jit/data"
-config = train.resolve_dataset(config, data_dir)
-vocab = pipeline.load_vocabulary(data_dir)
-spec = registry.get_model_spec(config.model.name)
-batch = next(pipeline.as_numpy(pipeline.make_dataset(data_dir, "train", config.dataset, batch_size=16,
-                                                     training=True, vocab=vocab,
-                                                     inputs=spec.inputs(config.model))))
-model = registry.create_model(config.model, len(vocab))
-fresh_state = lambda: train.create_train_state(config, model, batch, jax.random.key(0))  # Steps donate it.
-state0 = jax.device_get(fresh_state())
-loss_config = config.loss.to_dict()
-device_batch = pipeline.device_batch(batch)
-# jit over the mesh must equal the same step on one device; pmap must equal the mean of the 8
-# per-shard gradients (each shard normalises its own loss).
-jit_ref, _ = jax.jit(functools.partial(train.train_step, loss_fn=spec.loss_fn, loss_config=loss_config))(
-    state0, device_batch)
-shard_grads = [jax.jit(lambda s, b: train._loss_and_grads(s, b, spec.loss_fn, loss_config)[1])(
-    state0, {k: v[2 * i: 2 * i + 2] for k, v in device_batch.items()}) for i in range(8)]
-pmap_ref = state0.apply_gradients(grads=jax.tree.map(lambda *g: sum(g) / 8, *shard_grads))
-ref_spans, ref_scores = jax.jit(functools.partial(train.eval_step, predict_fn=spec.predict_fn))(state0, device_batch)
-for mode, ref in (("jit", jit_ref), ("pmap", pmap_ref)):
-    config.parallelism = mode
-    stepper = train.Stepper(config, spec)
-    new, _ = stepper.train(stepper.put_state(fresh_state()), batch)
-    new = jax.device_get(stepper.get_state(new))
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), new.params, state0.params))
-    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), new.params, ref.params))
-    spans, scores = stepper.predict(stepper.put_state(fresh_state()), batch)
-    results[mode].update(step_diff=max(diffs), step_size=max(moved),
-                         predict_diff=float(max(np.max(np.abs(spans - ref_spans)), np.max(np.abs(scores - ref_scores)))))
-results["jit_vs_pmap_reference"] = max(jax.tree.leaves(jax.tree.map(
-    lambda a, b: float(np.max(np.abs(a - b))), jit_ref.params, pmap_ref.params)))
-print("RESULT" + json.dumps(results))
+    state, final = train.train_and_evaluate(config, root)
+print("RESULT" + json.dumps({"step": int(state.step), "metrics": final["val"],
+                             "finite": all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(state.params))}))
 """
 
 
-def test_multi_device_jit_and_pmap(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(tmp_path)], cwd=REPO, env=env,
+def test_pmap_trains_checkpoints_resumes_and_evaluates(tmp_path):
+    """parallelism=pmap end to end on 8 devices (its step's math against one device: tests/test_sharding.py;
+    the jit path over a mesh end to end, across two processes: tests/test_multihost.py)."""
+    # Unoptimised XLA code: these programs are tiny and compiling dominates (2x faster here).
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", PMAP_SCRIPT, str(tmp_path)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
-    results = json.loads(out.stdout.split("RESULT")[-1])
-    for mode in ("jit", "pmap"):
-        assert results[mode]["step"] == 4 and results[mode]["finite"], results
-        assert set(results[mode]["metrics"]) == set(results["jit" if mode == "pmap" else "pmap"]["metrics"])
-        # The sharded step is the single-device step (jit) / the mean of per-device gradients (pmap),
-        # far below the size of the step itself; evaluation is per example in both modes.
-        assert results[mode]["step_size"] > 1e-3, results
-        assert results[mode]["step_diff"] < 1e-2 * results[mode]["step_size"], results
-        assert results[mode]["predict_diff"] < 1e-5, results
-    # The two references differ (per-shard vs global loss normalisation), so the checks above can tell them apart.
-    assert results["jit_vs_pmap_reference"] > 100 * max(results["jit"]["step_diff"], results["pmap"]["step_diff"]), results
+    result = json.loads(out.stdout.split("RESULT")[-1])
+    assert result["step"] == 6 and result["finite"], result
+    assert "R@1,IoU=0.5" in result["metrics"]
+    # The second command resumed at step 4 (restoring into pmap's replicated layout) instead of starting over.
+    assert [r["step"] for r in read_jsonl(os.path.join(tmp_path, "train_metrics.jsonl"))] == [2, 4, 6]
 
 
 def test_cli_runs(tmp_path):
@@ -209,10 +167,9 @@ def test_train_step_compiles_once_and_donates(trained):
     batches = pipeline.as_numpy(pipeline.make_dataset(
         data_dir, "train", config.dataset, batch_size=config.batch_size, training=True, vocab=vocab,
         inputs=spec.inputs(config.model)))
-    stepper = train.Stepper(config, spec)
     first = next(batches)
-    state = stepper.put_state(train.create_train_state(
-        config, registry.create_model(config.model, len(vocab)), first, jax.random.key(0)))
+    stepper = train.Stepper(config, spec, registry.create_model(config.model, len(vocab)), first)
+    state = stepper.create_state(jax.random.key(0))
     old_params = state.params
     state, _ = stepper.train(state, first)
     # The donated input buffers are consumed by the step.

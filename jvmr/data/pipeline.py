@@ -62,6 +62,7 @@ import numpy as np
 from jvmr.data import schema, text
 
 HOST_KEYS = ("qid", "vid", "query", "query_type")
+LABEL_KEYS = ("gt_span", "gt_spans", "gt_spans_mask", "duration")  # what losses and metrics read, not models
 INPUT_GROUPS = ("query_graph", "video_index", "subtitles", "query_features")
 
 

@@ -50,6 +50,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from jvmr import fs
+from jvmr.fs import write_text_atomic  # noqa: F401  (schema.write_text_atomic: the data writers' name)
 
 KINDS = ("example", "query", "video")
 _RECORD_SET_SUFFIX = {"example": "", "query": "_queries", "video": "_corpus"}
@@ -264,8 +266,7 @@ def shard_paths(output_dir: str, split: str, num_shards: int) -> list[str]:
 
 def split_files(data_dir: str, split: str) -> list[str]:
     """The sorted shard files of ``split`` in ``data_dir``; raises if there are none."""
-    import glob
-    files = sorted(glob.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*")))
+    files = fs.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*"))
     if not files:
         raise FileNotFoundError(f"no TFRecord shards for split {split!r} in {data_dir}")
     return files
@@ -273,18 +274,10 @@ def split_files(data_dir: str, split: str) -> list[str]:
 
 def remove_stale_shards(output_dir: str, split: str, num_shards: int) -> None:
     """Deletes shards of ``split`` left by an earlier build with another shard count."""
-    import glob
     keep = set(shard_paths(output_dir, split, num_shards))
-    for path in glob.glob(os.path.join(output_dir, f"{split}.tfrecord-*-of-*")):
+    for path in fs.glob(os.path.join(output_dir, f"{split}.tfrecord-*-of-*")):
         if path not in keep:
-            os.remove(path)
-
-
-def write_text_atomic(path: str, content: str) -> None:
-    """Writes ``content`` to ``path`` through a temporary file, so readers never see half a file."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(content)
-    os.replace(path + ".tmp", path)
+            fs.remove(path)
 
 
 def write_split(examples: Iterable[Example], output_dir: str, split: str, num_shards: int = 1,

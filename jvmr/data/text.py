@@ -13,8 +13,9 @@ Id 0 is padding, id 1 the self loop the GCN adds to every word, id 2 unknown.
 
 from __future__ import annotations
 
-import os
 from typing import Iterable, Sequence
+
+from jvmr import fs
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -61,7 +62,7 @@ def build_vocabulary(token_lists: Iterable[Sequence[str]], min_count: int = 1) -
 
 
 def write_vocabulary(words: Sequence[str], path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with fs.open(path, "w") as f:
         for w in words:
             if not w or "\n" in w:
                 raise ValueError(f"{path}: invalid vocabulary entry {w!r}")
@@ -69,9 +70,9 @@ def write_vocabulary(words: Sequence[str], path: str) -> None:
 
 
 def read_vocabulary(path: str) -> list[str]:
-    if not os.path.exists(path):
+    if not fs.exists(path):
         raise FileNotFoundError(f"vocabulary file not found: {path}")
-    with open(path, encoding="utf-8") as f:
+    with fs.open(path) as f:
         words = [line.rstrip("\n") for line in f]
     if words[:2] != [PAD_TOKEN, UNK_TOKEN]:
         raise ValueError(f"{path}: a vocabulary must start with {PAD_TOKEN!r}, {UNK_TOKEN!r}")

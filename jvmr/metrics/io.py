@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jvmr import fs
 from jvmr.metrics.protocols import TVR_DESC_TYPES
 from jvmr.metrics.spans import pad_spans
 
@@ -37,13 +38,8 @@ def _py(value: Any) -> Any:
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, allow_nan=False, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    fs.makedirs(os.path.dirname(fs.abspath(path)))
+    fs.write_text_atomic(path, "".join(json.dumps(row, allow_nan=False, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _tie_groups_reversed(idx: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -190,11 +186,8 @@ def write_tvr_files(submission_path: str, ground_truth_path: str | None, qids: S
         if qtype in TVR_DESC_TYPES:
             row["type"] = qtype
         gt_rows.append(row)
-    tmp = submission_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"video2idx": video2idx, "SVMR": entries}, f)
-    os.replace(tmp, submission_path)
-    if ground_truth_path and not os.path.exists(ground_truth_path):
+    fs.write_text_atomic(submission_path, json.dumps({"video2idx": video2idx, "SVMR": entries}))
+    if ground_truth_path and not fs.exists(ground_truth_path):
         _write_jsonl(ground_truth_path, gt_rows)
 
 

@@ -94,7 +94,7 @@ import jax
 import jax.numpy as jnp
 
 from jvmr.models.layers import (BiLSTM, FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, WordEmbedding,
-                                mask_fill, masked_log_softmax, masked_softmax, sequence_lengths)
+                                constrain, dense, mask_fill, weighted_mean, masked_log_softmax, masked_softmax, sequence_lengths)
 from jvmr.models.spans import MASKED_SCORE, boundary_indices, decode_spans, segment_labels  # noqa: F401
 
 Array = jax.Array
@@ -156,9 +156,11 @@ class KeyAlignedAttention(nn.Module):
         if head_dim <= 0 or out_features % h:
             raise ValueError(f"out_features {out_features} must be a positive multiple of num_heads {h}")
         batch, tq, tk = inputs_q.shape[0], inputs_q.shape[1], inputs_k.shape[1]
-        q = nn.Dense(h * head_dim, name="query")(inputs_q).reshape(batch, tq, h, head_dim)
-        k = nn.Dense(h * head_dim, name="key")(inputs_k).reshape(batch, tk, h, head_dim)
-        v = nn.Dense(h * head_dim, name="value")(inputs_k).reshape(batch, tk, h, head_dim)
+        def project(x, name, length):
+            y = dense(h * head_dim, ("embed", "heads"), name=name)(x).reshape(batch, length, h, head_dim)
+            return constrain(y, ("batch", "length", "heads", None))
+
+        q, k, v = project(inputs_q, "query", tq), project(inputs_k, "key", tk), project(inputs_k, "value", tk)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(head_dim, q.dtype))
         weights = masked_softmax(logits, (key_mask > 0)[:, None, None, :], axis=-1)
         weights = weights * (query_mask > 0)[:, None, :, None].astype(weights.dtype)
@@ -169,7 +171,7 @@ class KeyAlignedAttention(nn.Module):
         scale = n_k / jnp.maximum(n_q, 1.0)  # uniform attention -> r = 1
         relevance = jnp.sum(weights, axis=2) * scale[:, None, None]  # [B, H, Tk]
         ctx = (jnp.transpose(relevance, (0, 2, 1))[..., None] * v).reshape(batch, tk, h * head_dim)
-        out = mask_fill(nn.Dense(out_features, name="out")(ctx), key_mask)
+        out = mask_fill(dense(out_features, ("heads", "embed"), name="out")(ctx), key_mask)
         return (out, weights) if return_weights else out
 
 
@@ -211,8 +213,8 @@ class QueryToContextAttention(nn.Module):
         rows = MultiHeadAttention(num_heads=self.num_heads, dropout_rate=self.dropout_rate, name="attention")(
             inputs_q, inputs_k, key_mask=key_mask, query_mask=query_mask, deterministic=deterministic)  # [B, Tq, D]
         d = rows.shape[-1]
-        keys = nn.Dense(d, name="key_proj")(mask_fill(inputs_k, key_mask))
-        queries = nn.Dense(d, name="query_proj")(mask_fill(inputs_q, query_mask))
+        keys = dense(d, ("embed", "heads"), name="key_proj")(mask_fill(inputs_k, key_mask))
+        queries = dense(d, ("embed", "heads"), name="query_proj")(mask_fill(inputs_q, query_mask))
         logits = jnp.einsum("bkd,bqd->bkq", keys, queries) / jnp.sqrt(jnp.asarray(d, keys.dtype))
         weights = masked_softmax(logits, (query_mask > 0)[:, None, :], axis=-1)
         weights = weights * (key_mask > 0)[:, :, None].astype(weights.dtype)
@@ -399,15 +401,14 @@ def loss_fn(
     Returns:
       (loss, {'loss', 'start_loss', 'end_loss', 'segment_loss'}).
     """
-    del step, rng, axis_name  # Deterministic, per-example loss.
+    del step, rng  # Deterministic, per-example loss; axis_name: means over the global batch under pmap.
     vmask = outputs["video_mask"]
     start, end = boundary_indices(batch["gt_span"], vmask)
     has_clips = (sequence_lengths(vmask) > 0).astype(jnp.float32)
-    num_examples = jnp.maximum(jnp.sum(has_clips), 1.0)
 
     def nll(logits: Array, index: Array) -> Array:
         log_p = jnp.take_along_axis(masked_log_softmax(logits, vmask), index[:, None], axis=1)[:, 0]
-        return jnp.sum(jnp.where(has_clips > 0, -log_p, 0.0)) / num_examples
+        return weighted_mean(jnp.where(has_clips > 0, -log_p, 0.0), has_clips, axis_name)
 
     start_loss = nll(outputs["start_logits"], start)
     end_loss = nll(outputs["end_logits"], end)
@@ -417,7 +418,7 @@ def loss_fn(
         logits = outputs["segment_logits"]
         labels = segment_labels(start, end, logits.shape[1])
         bce = -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
-        segment_loss = jnp.sum(bce * vmask) / jnp.maximum(jnp.sum(vmask), 1.0)
+        segment_loss = weighted_mean(bce, vmask, axis_name)
         loss = loss + segment_weight * segment_loss
     return loss, {"loss": loss, "start_loss": start_loss, "end_loss": end_loss, "segment_loss": segment_loss}
 

@@ -47,7 +47,8 @@ import jax.numpy as jnp
 
 from jvmr.data.text import DEPENDENCY_LABELS
 from jvmr.models.graph import SyntacticGCNStack
-from jvmr.models.layers import AdditiveAttention, BiGRU, MultiHeadAttention, mask_fill
+from jvmr.models.layers import (AdditiveAttention, BiGRU, MultiHeadAttention, dense, mask_fill, partitioned,
+                                weighted_mean)
 from jvmr.models.spans import temporal_iou  # noqa: F401  (cmin.temporal_iou: anchor IoUs)
 
 Array = jax.Array
@@ -74,8 +75,8 @@ class CrossGate(nn.Module):
     @nn.compact
     def __call__(self, video: Array, query: Array) -> tuple[Array, Array]:
         """Args: video h^v [B, T, Dv]; query h^s [B, T, Ds]. Returns (h~s [B, T, Ds], h~v [B, T, Dv])."""
-        gated_query = query * jax.nn.sigmoid(nn.Dense(query.shape[-1], name="video_to_query")(video))
-        gated_video = video * jax.nn.sigmoid(nn.Dense(video.shape[-1], name="query_to_video")(query))
+        gated_query = query * jax.nn.sigmoid(dense(query.shape[-1], ("embed", "mlp"), name="video_to_query")(video))
+        gated_video = video * jax.nn.sigmoid(dense(video.shape[-1], ("embed", "mlp"), name="query_to_video")(query))
         return gated_query, gated_video
 
 
@@ -95,10 +96,10 @@ class BilinearFusion(nn.Module):
         """Args: x [..., Dx] (h~s); y [..., Dy] (h~v). Returns [..., features]."""
         kernel = self.param(
             "kernel",
-            nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=0),
+            partitioned(nn.initializers.lecun_normal(in_axis=(1, 2), out_axis=0), ("fusion", None, None)),
             (self.features, x.shape[-1], y.shape[-1]),
         )
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        bias = self.param("bias", partitioned(nn.initializers.zeros_init(), ("fusion",)), (self.features,))
         return jax.nn.relu(jnp.einsum("...i,kij,...j->...k", x, kernel, y, optimize="optimal") + bias)
 
 
@@ -116,8 +117,9 @@ class LowRankBilinearFusion(nn.Module):
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         """Args: x [..., Dx]; y [..., Dy]. Returns [..., features]."""
-        joint = nn.Dense(self.rank, name="U")(x) * nn.Dense(self.rank, name="V")(y)
-        return nn.Dense(self.features, name="P")(jax.nn.relu(joint))
+        joint = dense(self.rank, ("embed", "fusion"), name="U")(x) * dense(
+            self.rank, ("embed", "fusion"), name="V")(y)
+        return dense(self.features, ("fusion", None), name="P")(jax.nn.relu(joint))
 
 
 class Fusion(nn.Module):
@@ -462,7 +464,7 @@ def loss_fn(
     Returns:
       (loss, {'loss', 'align_loss', 'reg_loss'}).
     """
-    del step, rng, axis_name  # Deterministic, per-example loss.
+    del step, rng  # Deterministic, per-example loss; axis_name: means over the global batch under pmap.
     if reg_mode not in REG_MODES:
         raise ValueError(f"reg_mode must be one of {REG_MODES}, got {reg_mode!r}")
     logits = outputs["anchor_logits"]
@@ -473,7 +475,7 @@ def loss_fn(
     iou, which = anchor_ious(spans, mask, gt, gt_mask)
     labels = iou if label_mode == "iou" else anchor_labels(spans, mask, gt, label_mode, gt_mask)
     bce = -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
-    align = jnp.sum(bce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    align = weighted_mean(bce, mask, axis_name)
 
     b = logits.shape[0]
     flat_iou = jnp.where(mask > 0, iou, -1.0).reshape(b, -1)
@@ -483,12 +485,12 @@ def loss_fn(
     if reg_mode == "paper":
         positive = jnp.maximum(mask * (iou >= reg_iou_threshold), best)
         l1 = jnp.sum(jnp.abs(outputs["anchor_offsets"] - (target - spans)), axis=-1)
-        reg = jnp.sum(l1 * positive) / jnp.maximum(jnp.sum(positive), 1.0)
+        reg = weighted_mean(l1, positive, axis_name)
     else:
         n = jnp.sum(batch["video_mask"] > 0, axis=-1).astype(logits.dtype)[:, None, None, None]
         diff = jnp.abs((spans + outputs["anchor_offsets"]) * n - target * n)
         smooth_l1 = jnp.sum(jnp.where(diff < 1.0, 0.5 * diff**2, diff - 0.5), axis=-1)
-        reg = RELEASED_REG_SCALE * jnp.sum(smooth_l1 * best) / jnp.maximum(2.0 * jnp.sum(best), 1.0)
+        reg = RELEASED_REG_SCALE * weighted_mean(0.5 * smooth_l1, best, axis_name)  # mean over start and end
 
     loss = align + reg_weight * reg
     return loss, {"loss": loss, "align_loss": align, "reg_loss": reg}

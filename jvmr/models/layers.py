@@ -16,6 +16,8 @@ float masks (1.0 = valid, 0.0 = padding) whose valid positions form a prefix:
 
       M_ij = softmax_j( w^T tanh(W_1 q_i + W_2 k_j + b) ),   a_i = sum_j M_ij k_j.
 
+* :class:`Recurrence` -- a GRU / LSTM whose input projections are one matrix
+  product over all steps (only the recurrent half runs inside the scan).
 * :class:`BiGRU` -- bidirectional GRU over a padded batch; the backward
   direction starts at the last valid step of each sequence.
 * :class:`BiLSTM` -- the same with LSTM cells.
@@ -24,6 +26,8 @@ float masks (1.0 = valid, 0.0 = padding) whose valid positions form a prefix:
   to a sequence (BERT).
 * :class:`FeedForward` -- position-wise feed-forward block (one or two layers).
 * :class:`WordEmbedding` -- word-table lookup for padded queries (freezable).
+* :func:`dense`, :func:`partitioned`, :func:`constrain` -- parameters and
+  activations with logical axis names (``jvmr.sharding`` maps them to the mesh).
 
 Padding never changes valid outputs: padded inputs are replaced by zeros before
 use (so garbage, even inf/NaN, in padded slots is harmless), padded keys get no
@@ -40,6 +44,31 @@ import jax.numpy as jnp
 
 Array = jax.Array
 Initializer = Callable[..., Any]
+LogicalAxes = tuple[str | None, ...]
+
+
+# ----------------------------------------------------------------------------- sharding names
+# Logical axes (mapped to mesh axes by ``jvmr.sharding``'s rules): 'batch', 'length', 'embed'
+# (model width), 'heads' (attention projection outputs H * d_k), 'mlp' (inner layers, gates),
+# 'fusion' (bilinear fusion outputs), 'conv_out' (2D-map channels), 'vocab'. Without rules
+# (pmap, tests, one device) the names are inert metadata.
+
+
+def partitioned(init: Initializer, axes: LogicalAxes) -> Initializer:
+    """``init`` whose parameter carries logical axis names (``nn.with_logical_partitioning``)."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool = True,
+          kernel_init: Initializer = nn.initializers.lecun_normal(), name: str | None = None) -> nn.Dense:
+    """``nn.Dense`` whose kernel [Din, features] is named ``axes`` and whose bias is named ``axes[1]``."""
+    return nn.Dense(features, use_bias=use_bias, kernel_init=partitioned(kernel_init, axes),
+                    bias_init=partitioned(nn.initializers.zeros_init(), (axes[1],)), name=name)
+
+
+def constrain(x: Array, axes: LogicalAxes) -> Array:
+    """Sharding constraint by logical names (a no-op outside ``jvmr.sharding.activate``)."""
+    return nn.with_logical_constraint(x, axes)
 
 
 def sequence_lengths(mask: Array) -> Array:
@@ -72,9 +101,18 @@ def mask_fill(x: Array, mask: Array, value: float = 0.0) -> Array:
     return jnp.where(m, x, jnp.asarray(value, x.dtype))
 
 
-def weighted_mean(x: Array, weights: Array) -> Array:
-    """sum(x * weights) / max(sum(weights), 1): a mean over the real examples (or cells) of a padded batch."""
-    return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+def weighted_mean(x: Array, weights: Array, axis_name: str | None = None) -> Array:
+    """sum(x * weights) / max(sum(weights), 1): a mean over the real examples (or cells) of a padded batch.
+
+    With ``axis_name`` (a pmap axis of n devices), each device returns n * its sum / the global weight, so
+    that the mean over devices of the values, and of their gradients, is the mean over the global batch
+    (what one device, or jit over a mesh, computes), whatever the devices' shares of the weight.
+    """
+    total, count = jnp.sum(x * weights), jnp.sum(weights)
+    if axis_name is not None:
+        count = jax.lax.psum(count, axis_name)
+        total = total * jax.lax.psum(1, axis_name)
+    return total / jnp.maximum(count, 1.0)
 
 
 def masked_softmax(logits: Array, mask: Array | None, axis: int = -1) -> Array:
@@ -114,8 +152,8 @@ class MultiHeadAttention(nn.Module):
     """Masked multi-head scaled dot-product attention.
 
     Projections are ``nn.Dense(num_heads * head_dim)`` followed by a reshape
-    (not ``nn.DenseGeneral``; see flax#3676), which keeps kernels 2-D so that
-    sharding annotations can be attached later.
+    (not ``nn.DenseGeneral``; see flax#3676), which keeps kernels 2-D; their
+    output axis is the logical ``heads`` axis (sharded over ``model`` by default).
 
     Attributes:
       num_heads: number of heads H.
@@ -177,8 +215,9 @@ class MultiHeadAttention(nn.Module):
         h = self.num_heads
 
         def project(x, name, length):
-            y = nn.Dense(h * head_dim, use_bias=self.use_bias, kernel_init=self.kernel_init, name=name)(x)
-            return y.reshape(batch, length, h, head_dim)
+            y = dense(h * head_dim, ("embed", "heads"), use_bias=self.use_bias, kernel_init=self.kernel_init,
+                      name=name)(x)
+            return constrain(y.reshape(batch, length, h, head_dim), ("batch", "length", "heads", None))
 
         q = project(inputs_q, "query", tq)
         k = project(inputs_kv, "key", tk)
@@ -194,7 +233,9 @@ class MultiHeadAttention(nn.Module):
         if self.dropout_rate > 0.0 and not deterministic:
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, tq, h * head_dim)
-        out = nn.Dense(out_features, use_bias=self.use_bias, kernel_init=self.kernel_init, name="out")(ctx)
+        out = dense(out_features, ("heads", "embed"), use_bias=self.use_bias, kernel_init=self.kernel_init,
+                    name="out")(ctx)
+        out = constrain(out, ("batch", "length", "embed"))
         if query_mask is not None:
             out = mask_fill(out, query_mask)
         return (out, weights) if return_weights else out
@@ -241,10 +282,10 @@ class AdditiveAttention(nn.Module):
             values = mask_fill(values, key_mask)
         if query_mask is not None:
             queries = mask_fill(queries, query_mask)
-        wq = nn.Dense(self.features, use_bias=False, name="query")(queries)  # W_1 q_i
-        wk = nn.Dense(self.features, use_bias=True, name="key")(keys)  # W_2 k_j + b
-        hidden = jnp.tanh(wq[:, :, None, :] + wk[:, None, :, :])  # [B, Tq, Tk, F]
-        logits = nn.Dense(1, use_bias=False, name="score")(hidden)[..., 0]  # [B, Tq, Tk]
+        wq = dense(self.features, ("embed", "mlp"), use_bias=False, name="query")(queries)  # W_1 q_i
+        wk = dense(self.features, ("embed", "mlp"), use_bias=True, name="key")(keys)  # W_2 k_j + b
+        hidden = constrain(jnp.tanh(wq[:, :, None, :] + wk[:, None, :, :]), ("batch", None, None, "mlp"))  # [B, Tq, Tk, F]
+        logits = dense(1, ("mlp", None), use_bias=False, name="score")(hidden)[..., 0]  # [B, Tq, Tk]
         mask = None if key_mask is None else (key_mask > 0)[:, None, :]
         weights = masked_softmax(logits, mask, axis=-1)
         if query_mask is not None:
@@ -252,12 +293,133 @@ class AdditiveAttention(nn.Module):
         return jnp.einsum("bqk,bkd->bqd", weights, values), weights
 
 
+class _GateParams(nn.Module):
+    """One gate's parameters under ``nn.Dense``'s names (``kernel`` [in, features], optional ``bias``), returned
+    instead of applied, so that a recurrence can use them inside its own scan."""
+
+    features: int
+    use_bias: bool
+    kernel_init: Initializer
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[Array, Array | None]:
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,)) if self.use_bias else None
+        return kernel, bias
+
+
+class _RecurrentCell(nn.Module):
+    """The parameters of a GRU or LSTM cell, named as flax's ``nn.GRUCell`` / ``nn.OptimizedLSTMCell``'s.
+
+    GRU: input gates ``ir, iz, in`` (with biases), recurrent ``hr, hz`` (without) and ``hn`` (with).
+    LSTM: input gates ``ii, if, ig, io`` (without biases), recurrent ``hi, hf, hg, ho`` (with).
+    Returns the input kernels [D, G*H] and bias [G*H] (concatenated over the G gates), and the recurrent
+    kernels [H, G*H] and bias [G*H].
+    """
+
+    hidden: int
+    kind: str  # 'gru' | 'lstm'
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[Array, Array, Array, Array]:
+        gates = "rzn" if self.kind == "gru" else "ifgo"
+        h = self.hidden
+        lecun, orthogonal = nn.initializers.lecun_normal(), nn.initializers.orthogonal()
+        inputs = [_GateParams(h, self.kind == "gru", lecun, name=f"i{g}")(in_features) for g in gates]
+        recurrent = [_GateParams(h, self.kind == "lstm" or g == "n", orthogonal, name=f"h{g}")(h) for g in gates]
+        zeros = jnp.zeros((h,), inputs[0][0].dtype)
+        return (jnp.concatenate([k for k, _ in inputs], axis=1),
+                jnp.concatenate([zeros if b is None else b for _, b in inputs]),
+                jnp.concatenate([k for k, _ in recurrent], axis=1),
+                jnp.concatenate([zeros if b is None else b for _, b in recurrent]))
+
+
+def reverse_valid(x: Array, lengths: Array) -> Array:
+    """Reverses each row's valid prefix in time: x [B, T, ...], lengths [B] (padded steps stay in place)."""
+    t = jnp.arange(x.shape[1])[None, :]
+    index = jnp.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # [B, T], an involution
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+class Recurrence(nn.Module):
+    """A GRU or LSTM over [B, T, D] whose input projections are one matrix product over all steps.
+
+    The math (and parameter tree ``cell/{ir, iz, in, hr, hz, hn}`` or ``cell/{ii, if, ig, io, hi, hf,
+    hg, ho}``) is that of ``nn.RNN(nn.GRUCell)`` / ``nn.RNN(nn.OptimizedLSTMCell)`` with zero initial
+    states; but the input half of every gate, x_t W_i + b_i, is computed for all T steps at once
+    before the scan (a [B*T, D] x [D, G*H] product instead of T small ones inside the loop), and the
+    recurrent half is one [B, H] x [H, G*H] product per step. With ``reverse`` each row runs backwards
+    from its last valid step (``lengths``). Computes in the dtype of its kernels (bfloat16 under
+    ``compute_dtype=bfloat16``), carrying the state in float32.
+
+    Args of ``__call__``: x [B, T, D], lengths [B] (None: all T valid). Returns [B, T, H] (outputs at
+    steps past a row's length are not meaningful).
+    """
+
+    hidden: int
+    kind: str = "gru"
+    reverse: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, lengths: Array | None = None) -> Array:
+        if self.kind not in ("gru", "lstm"):
+            raise ValueError(f"Recurrence.kind must be 'gru' or 'lstm', got {self.kind!r}")
+        w_in, b_in, w_h, b_h = _RecurrentCell(self.hidden, self.kind, name="cell")(x.shape[-1])
+        dtype = w_in.dtype
+        if self.reverse:
+            x = reverse_valid(x, lengths if lengths is not None else jnp.full((x.shape[0],), x.shape[1]))
+        projected = jnp.einsum("btd,dg->tbg", x.astype(dtype), w_in) + b_in  # [T, B, G*H], all steps at once
+        h = self.hidden
+        state_dtype = jnp.promote_types(dtype, jnp.float32)
+        zeros = jnp.zeros((x.shape[0], h), state_dtype)
+
+        def gru_step(state, xp):
+            hp = jnp.dot(state.astype(dtype), w_h) + b_h
+            r = jax.nn.sigmoid(xp[:, :h] + hp[:, :h])
+            z = jax.nn.sigmoid(xp[:, h:2 * h] + hp[:, h:2 * h])
+            n = jnp.tanh(xp[:, 2 * h:] + r * hp[:, 2 * h:])
+            new = ((1.0 - z) * n + z * state).astype(state_dtype)
+            return new, new
+
+        def lstm_step(state, xp):
+            c, hidden_state = state
+            g = xp + jnp.dot(hidden_state.astype(dtype), w_h) + b_h
+            i, f = jax.nn.sigmoid(g[:, :h]), jax.nn.sigmoid(g[:, h:2 * h])
+            cell, o = jnp.tanh(g[:, 2 * h:3 * h]), jax.nn.sigmoid(g[:, 3 * h:])
+            c = (f * c + i * cell).astype(state_dtype)
+            new = (o * jnp.tanh(c)).astype(state_dtype)
+            return (c, new), new
+
+        if self.kind == "gru":
+            _, ys = jax.lax.scan(gru_step, zeros, projected)
+        else:
+            _, ys = jax.lax.scan(lstm_step, (zeros, zeros), projected)
+        ys = jnp.swapaxes(ys, 0, 1)  # [B, T, H]
+        if self.reverse:
+            ys = reverse_valid(ys, lengths if lengths is not None else jnp.full((x.shape[0],), x.shape[1]))
+        return ys
+
+
+class _Bidirectional(nn.Module):
+    """``forward_rnn`` and ``backward_rnn`` :class:`Recurrence` s, outputs concatenated (``nn.Bidirectional``'s tree)."""
+
+    hidden: int
+    kind: str
+
+    @nn.compact
+    def __call__(self, x: Array, lengths: Array) -> Array:
+        forward = Recurrence(self.hidden, self.kind, name="forward_rnn")(x, lengths)
+        backward = Recurrence(self.hidden, self.kind, reverse=True, name="backward_rnn")(x, lengths)
+        return jnp.concatenate([forward, backward], axis=-1)
+
+
 class BiGRU(nn.Module):
     """Bidirectional GRU over a padded batch.
 
-    Uses ``nn.Bidirectional(nn.RNN(nn.GRUCell), nn.RNN(nn.GRUCell))`` with
-    ``seq_lengths`` taken from the mask, so the backward GRU starts at the last
-    valid step of each sequence. Forward and backward states are concatenated.
+    The math and parameter tree of ``nn.Bidirectional(nn.RNN(nn.GRUCell), nn.RNN(nn.GRUCell))`` with
+    ``seq_lengths`` taken from the mask (``bidirectional/{forward,backward}_rnn/cell/{ir,iz,in,hr,hz,hn}``),
+    so the backward GRU starts at the last valid step of each sequence; forward and backward states are
+    concatenated. Runs as :class:`Recurrence`: the input projections of all steps are one product.
 
     Attributes:
       hidden: hidden size per direction (output has ``2 * hidden`` features).
@@ -277,15 +439,8 @@ class BiGRU(nn.Module):
           [B, T, 2 * hidden]; zeros at padded steps.
         """
         inputs = mask_fill(inputs, mask)
-        lengths = sequence_lengths(mask)
-        # parent=None: the cells/RNNs are adopted by their wrappers, giving the
-        # param tree bidirectional/{forward,backward}_rnn/cell/{ir,iz,in,hr,hz,hn}.
-        rnn = nn.Bidirectional(
-            nn.RNN(nn.GRUCell(self.hidden, parent=None), parent=None),
-            nn.RNN(nn.GRUCell(self.hidden, parent=None), parent=None),
-            name="bidirectional",
-        )
-        return mask_fill(rnn(inputs, seq_lengths=lengths), mask)
+        rnn = _Bidirectional(self.hidden, "gru", name="bidirectional")
+        return mask_fill(rnn(inputs, sequence_lengths(mask)), mask)
 
 
 def masked_log_softmax(logits: Array, mask: Array | None, axis: int = -1) -> Array:
@@ -315,8 +470,8 @@ def masked_log_softmax(logits: Array, mask: Array | None, axis: int = -1) -> Arr
 class BiLSTM(nn.Module):
     """Bidirectional LSTM over a padded batch (the LSTM counterpart of :class:`BiGRU`).
 
-    ``nn.Bidirectional`` of two ``nn.RNN(nn.OptimizedLSTMCell)`` with
-    ``seq_lengths`` from the mask: the backward LSTM starts at the last valid
+    The math and parameter tree of ``nn.Bidirectional`` of two ``nn.RNN(nn.OptimizedLSTMCell)`` with
+    ``seq_lengths`` from the mask (run as :class:`Recurrence`): the backward LSTM starts at the last valid
     step. Initial states are zero. Cell parameters are named as ``nn.LSTMCell``'s
     (``ii, if, ig, io`` input kernels, ``hi, hf, hg, ho`` recurrent kernels with
     the biases):
@@ -334,12 +489,8 @@ class BiLSTM(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array, mask: Array) -> Array:
         """Args: inputs [B, T, D]; mask [B, T] prefix mask. Returns [B, T, 2 * hidden], zeros at padded steps."""
-        rnn = nn.Bidirectional(
-            nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), parent=None),
-            nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), parent=None),
-            name="bidirectional",
-        )
-        return mask_fill(rnn(mask_fill(inputs, mask), seq_lengths=sequence_lengths(mask)), mask)
+        rnn = _Bidirectional(self.hidden, "lstm", name="bidirectional")
+        return mask_fill(rnn(mask_fill(inputs, mask), sequence_lengths(mask)), mask)
 
 
 class LearnedPositionalEmbedding(nn.Module):
@@ -394,9 +545,10 @@ class FeedForward(nn.Module):
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         """Args: x [..., D]. Returns [..., features]."""
         if self.hidden > 0:
-            x = self.activation(nn.Dense(self.hidden, name="inner")(x))
+            x = self.activation(dense(self.hidden, ("embed", "mlp"), name="inner")(x))
             x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        return nn.Dense(self.features, name="outer")(x)
+            return dense(self.features, ("mlp", "embed"), name="outer")(x)
+        return dense(self.features, ("embed", None), name="outer")(x)
 
 
 class WordEmbedding(nn.Module):
@@ -424,7 +576,8 @@ class WordEmbedding(nn.Module):
     @nn.compact
     def __call__(self, tokens: Array, mask: Array, *, deterministic: bool = True) -> Array:
         """Args: tokens [B, L] int ids; mask [B, L]. Returns [B, L, features], zeros at padded words."""
-        table = self.param("embedding", self.embedding_init, (self.vocab_size, self.features))
+        table = self.param("embedding", partitioned(self.embedding_init, ("vocab", "embed")),
+                           (self.vocab_size, self.features))
         if self.freeze:
             table = jax.lax.stop_gradient(table)
         words = mask_fill(jnp.take(table, jnp.where(mask > 0, tokens, 0), axis=0), mask)

@@ -54,14 +54,15 @@ Inference ranks every valid cell of every scale by p.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvmr.models import maps2d
-from jvmr.models.layers import WordEmbedding, mask_fill, sequence_lengths, weighted_mean
+from jvmr.models import layers, maps2d
+from jvmr.models.layers import WordEmbedding, constrain, dense, mask_fill, partitioned, sequence_lengths, weighted_mean
 from jvmr.models.spans import MASKED_SCORE, nms_top_k, temporal_iou
 
 Array = jax.Array
@@ -95,7 +96,10 @@ class MapConvs(nn.Module):
     def __call__(self, x: Array, cell_mask: Array) -> Array:
         for i in range(self.num_layers):
             x = nn.relu(nn.Conv(self.channels, (self.kernel_size, self.kernel_size), padding="SAME",
+                                kernel_init=partitioned(nn.initializers.lecun_normal(), (None, None, None, "conv_out")),
+                                bias_init=partitioned(nn.initializers.zeros_init(), ("conv_out",)),
                                 name=f"conv_{i}")(x))
+            x = constrain(x, ("batch", None, None, "conv_out"))
             x = x * cell_mask[..., None]
         return x
 
@@ -133,8 +137,8 @@ class CaptionDecoder(nn.Module):
                                   jnp.broadcast_to(previous[:, None], (b, p, length, e))], axis=-1)
         x = inputs.reshape(b * p, length, -1)
         for i in range(self.num_layers):
-            x = nn.RNN(nn.OptimizedLSTMCell(self.hidden, parent=None), name=f"lstm_{i}")(x)
-        logits = nn.Dense(self.vocab_size, name="output")(x).reshape(b, p, length, self.vocab_size)
+            x = layers.Recurrence(self.hidden, "lstm", name=f"lstm_{i}")(x)
+        logits = dense(self.vocab_size, ("embed", "vocab"), name="output")(x).reshape(b, p, length, self.vocab_size)
         log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None, :, None], axis=-1)[..., 0]
         return log_p * (word_mask > 0)[:, None, :]
 
@@ -200,8 +204,7 @@ class MS2D(nn.Module):
         words = WordEmbedding(self.vocab_size, self.word_dim, embedding_init=self.embedding_init,
                               freeze=self.freeze_embeddings, dropout_rate=self.dropout, name="word_embed")(
             batch["query_tokens"], qmask, deterministic=det)
-        states = nn.RNN(nn.OptimizedLSTMCell(self.hidden_size, parent=None), name="query_rnn")(
-            words, seq_lengths=sequence_lengths(qmask))
+        states = layers.Recurrence(self.hidden_size, "lstm", name="query_rnn")(words, sequence_lengths(qmask))
         sentence = last_state(states, qmask)  # f^T [B, d]
         clips = nn.Dropout(self.dropout)(batch["video_feats"], deterministic=det)
         clips = mask_fill(nn.relu(nn.Dense(self.hidden_size, name="clip_proj")(clips)), vmask)  # f^S
@@ -334,8 +337,9 @@ def loss_fn(
     the scaled-IoU BCE on every cell against the best-reconstructed proposal; when the model reconstructed the
     whole video (``video_negative``), video_negative_weight max(0, margin - (LL_best - LL_video) / words) is added.
     'full': 2D-TAN's scaled-IoU BCE over every valid cell, the only term that reads ``gt_span``.
-    Returns (loss, metrics)."""
-    del step, rng, axis_name
+    Under pmap (``axis_name``) every mean is over the global batch. Returns (loss, metrics)."""
+    del step, rng
+    weighted_mean = functools.partial(layers.weighted_mean, axis_name=axis_name)
     if supervision not in SUPERVISIONS:
         raise ValueError(f"loss.supervision must be one of {SUPERVISIONS}, got {supervision!r}")
     examples = batch["example_mask"].astype(jnp.float32)

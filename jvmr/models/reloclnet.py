@@ -70,6 +70,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jvmr.models import layers
 from jvmr.models.layers import (FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, WordEmbedding,
                                 mask_fill, masked_log_softmax, masked_softmax, weighted_mean)
 from jvmr.models.spans import MASKED_SCORE, boundary_indices, decode_spans, segment_labels
@@ -360,8 +361,11 @@ def negative_mask(video_index: Array, example_mask: Array, column_index: Array |
 
 
 def _hinge_terms(q2v: Array, v2q: Array, positive: Array, negatives: Array, margin: float, *, mode: str,
-                 rng: Array | None, hard_pool_size: int) -> tuple[Array, Array]:
-    """Both hinge directions for rows i: q2v[i, j] = phi(query i, video j), v2q[i, j] = phi(query j, video i)."""
+                 rng: Array | None, hard_pool_size: int, row_index: Array | None = None) -> tuple[Array, Array]:
+    """Both hinge directions for rows i: q2v[i, j] = phi(query i, video j), v2q[i, j] = phi(query j, video i).
+
+    ``row_index`` [B]: the rows' places among the columns when the columns are the global batch (pmap):
+    sampled negatives are then drawn from the global batch's draws, as on one device."""
     if mode not in VR_NEGATIVES:
         raise ValueError(f"loss.vr_negatives must be one of {VR_NEGATIVES}, got {mode!r}")
     if mode == "sampled" and rng is None:
@@ -377,7 +381,11 @@ def _hinge_terms(q2v: Array, v2q: Array, positive: Array, negatives: Array, marg
                 ranked = jnp.where(negatives, s, -jnp.inf)
                 rank = jnp.argsort(jnp.argsort(-ranked, axis=1), axis=1)
                 allowed = negatives & (rank < hard_pool_size)
-            draw = jnp.where(allowed, jax.random.uniform(key, s.shape), -1.0)
+            if row_index is None:
+                uniform = jax.random.uniform(key, s.shape)
+            else:  # this device's rows of the global [Bc, Bc] draw
+                uniform = jax.random.uniform(key, (s.shape[1], s.shape[1]))[row_index]
+            draw = jnp.where(allowed, uniform, -1.0)
             neg = jnp.take_along_axis(s, jnp.argmax(draw, axis=1)[:, None], axis=1)[:, 0]
         return jnp.where(has, jax.nn.relu(margin + neg - positive), 0.0)
 
@@ -459,7 +467,9 @@ def loss_fn(
     'scaled_dot' (divided by sqrt(d), the attention logits' scaling; the paper leaves its critic open).
     ``cl_stream_fusion``: 'estimators' (the paper: one estimator per stream, averaged, I = (I_v + I_s) / 2)
     or 'scores' (the released code: the streams' critic scores averaged, then one estimator).
+    Every mean over examples is over the global batch under pmap.
     Returns (loss, metrics of every active term)."""
+    weighted_mean = functools.partial(layers.weighted_mean, axis_name=axis_name)
     if cl_critic not in CL_CRITICS:
         raise ValueError(f"loss.cl_critic must be one of {CL_CRITICS}, got {cl_critic!r}")
     if cl_stream_fusion not in CL_STREAM_FUSIONS:
@@ -483,7 +493,7 @@ def loss_fn(
         q2v = retrieval_scores(outputs["query"], cols(outputs["context"]), cols(mask))  # [B, Bc]
         v2q = retrieval_scores(cols(outputs["query"]), outputs["context"], mask).T  # video i vs query j
         positive = q2v[rows, own]
-        hinge = functools.partial(_hinge_terms, q2v, v2q, positive, negatives, margin)
+        hinge = functools.partial(_hinge_terms, q2v, v2q, positive, negatives, margin, row_index=own)
         if vr_negatives == "sampled" and hard_negative_start_step >= 0:
             if step is None:
                 raise ValueError("hard negatives need the training step")

@@ -1,0 +1,84 @@
+"""Two processes on localhost through ``jax.distributed`` (4 simulated CPU devices each, gloo collectives):
+they train over a 4 x 2 mesh that spans both, checkpoint, resume, and evaluate with the metrics a single
+process computes from the same checkpoint."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r"""
+import json, sys
+import jax
+from configs import test as test_config
+from jvmr import sharding, train
+root, num_processes, process_id, port, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+config = test_config.get_config()
+config.batch_size = config.eval.batch_size = 16
+config.sharding.model = 2
+config.num_train_steps = steps
+config.checkpoint_every_steps = 4
+config.eval_every_steps = 1000
+config.dataset.eval_splits = ("val",)
+config.dataset.data_dir = root + "/data"
+if num_processes > 1:
+    config.distributed.coordinator_address = "localhost:" + port
+    config.distributed.num_processes, config.distributed.process_id = num_processes, process_id
+sharding.initialize_distributed(config)
+state, final = train.train_and_evaluate(config, root + "/run")
+print("RESULT" + json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                             "devices": jax.device_count(), "step": int(state.step), "metrics": final["val"]}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch(root, num_processes, steps, devices_per_process):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process} "
+                         "--xla_backend_optimization_level=0")
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(root), str(num_processes), str(i), port, str(steps)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(num_processes)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-5000:]
+        results.append(json.loads(out.split("RESULT")[-1]))
+    return results
+
+
+def _logged_steps(path):
+    with open(path) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+def test_two_processes_train_checkpoint_resume_and_agree_with_one(tmp_path):
+    first = _launch(tmp_path, 2, 4, devices_per_process=4)
+    assert [(r["process"], r["processes"], r["devices"], r["step"]) for r in first] == [(0, 2, 8, 4), (1, 2, 8, 4)]
+    assert first[0]["metrics"] == first[1]["metrics"]  # every process scored the whole split
+
+    resumed = _launch(tmp_path, 2, 6, devices_per_process=4)
+    assert [r["step"] for r in resumed] == [6, 6]
+    assert resumed[0]["metrics"] == resumed[1]["metrics"]
+    # Only process 0 writes the logs; the second command resumed at step 4 instead of starting over.
+    assert _logged_steps(tmp_path / "run" / "train_metrics.jsonl") == [2, 4, 6]
+    assert sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit()) == [4, 6]
+
+    # One process with all 8 devices restores the two processes' final checkpoint and evaluates it.
+    single = _launch(tmp_path, 1, 6, devices_per_process=8)
+    assert single[0]["processes"] == 1 and single[0]["step"] == 6
+    metrics, reference = resumed[0]["metrics"], single[0]["metrics"]
+    assert metrics.keys() == reference.keys()
+    assert all(abs(metrics[k] - reference[k]) < 1e-6 for k in metrics), (metrics, reference)
+    with open(tmp_path / "run" / "eval_metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [(r["step"], r["split"]) for r in rows] == [(4, "val"), (6, "val"), (6, "val")]
