@@ -14,7 +14,8 @@ heads, feed-forward inner layers, CMIN's bilinear kernel and MS-2D's map
 convolutions are split Megatron-style across the ``model`` axis and XLA inserts
 the collectives. Parameters and optimizer state are created directly with
 their shardings (``jax.eval_shape`` of the initialiser, then a jitted
-initialiser with ``out_shardings``): no full copy ever sits on one device.
+initialiser with ``out_shardings``; ``jvmr.train.state_shardings``): no full
+copy ever sits on one device.
 A parameter dimension that the mesh axis does not divide is replicated instead
 (logged), so any mesh shape works with any model width.
 """
@@ -22,7 +23,7 @@ A parameter dimension that the mesh axis does not divide is replicated instead
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -153,16 +154,20 @@ def shardings_of(abstract_boxed: Any, mesh: Mesh, rules: Sequence[tuple[str, str
     return jax.tree_util.tree_unflatten(treedef, shardings)
 
 
-def create_sharded(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh,
-                   rules: Sequence[tuple[str, str | None]]) -> tuple[Any, Any]:
-    """Runs ``init_fn(rng)`` (which may return boxed leaves) under jit, its outputs born sharded.
+def like_params(tree: Any, params: Any, param_shardings: Any, default: NamedSharding) -> Any:
+    """Shardings for ``tree`` (e.g. an optimizer state, abstract) in which every leaf that copies a parameter
+    (its key path ends with that parameter's path, and its shape is the parameter's: Adam's moments,
+    whatever wrappers optax puts around them) is sharded like the parameter, and the rest ``default``."""
+    by_path = {jax.tree_util.keystr(path): (leaf.shape, s) for (path, leaf), s in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings))}
 
-    Returns (unboxed state, its NamedShardings)."""
-    with activate(mesh, rules):
-        abstract = jax.eval_shape(init_fn, rng)
-        shardings = shardings_of(abstract, mesh, rules)
-        state = jax.jit(lambda key: nn.meta.unbox(init_fn(key)), out_shardings=shardings)(rng)
-    return state, shardings
+    def pick(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for suffix, (shape, s) in by_path.items():
+            if key.endswith(suffix) and getattr(leaf, "shape", None) == shape:
+                return s
+        return default
+    return jax.tree_util.tree_map_with_path(pick, tree)
 
 
 def describe(shardings: Any) -> dict[str, str]:

@@ -224,24 +224,38 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 
 def state_initializer(config: ml_collections.ConfigDict, model, example_batch: dict[str, np.ndarray]
-                      ) -> Callable[[jax.Array], TrainState]:
-    """``rng -> TrainState`` whose parameters (and their Adam moments) are still boxed with their logical
-    axis names (``jvmr.sharding`` reads them; ``nn.meta.unbox`` drops them)."""
+                      ) -> tuple[Callable[[jax.Array], TrainState], Callable[[jax.Array], Any]]:
+    """(``rng -> TrainState``, ``rng -> params`` still boxed with their logical axis names, which
+    ``jvmr.sharding`` reads) for the same ``rng``."""
     batch = {k: v[:1] for k, v in pipeline.device_batch(example_batch).items()}
     tx = create_optimizer(config)
 
+    def boxed_params(rng: jax.Array) -> Any:
+        return model.init(jax.random.split(rng)[0], batch, train=False)["params"]
+
     def init(rng: jax.Array) -> TrainState:
-        init_rng, dropout_rng = jax.random.split(rng)
-        variables = model.init(init_rng, batch, train=False)
-        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx, dropout_rng=dropout_rng)
-    return init
+        params = nn.meta.unbox(boxed_params(rng))
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx, dropout_rng=jax.random.split(rng)[1])
+    return init, boxed_params
 
 
 def create_train_state(config: ml_collections.ConfigDict, model, example_batch: dict[str, np.ndarray],
                        rng: jax.Array) -> TrainState:
-    """The initial state on the default device (plain arrays; ``Stepper.create_state`` shards it at birth)."""
-    init = state_initializer(config, model, example_batch)
-    return jax.jit(lambda key: nn.meta.unbox(init(key)))(rng)
+    """The initial state on the default device (``Stepper.create_state`` shards it at birth)."""
+    return jax.jit(state_initializer(config, model, example_batch)[0])(rng)
+
+
+def state_shardings(init: Callable[[jax.Array], TrainState], boxed_params: Callable[[jax.Array], Any],
+                    mesh: jax.sharding.Mesh, rules) -> TrainState:
+    """NamedShardings of the train state: parameters by their logical axes (``jvmr.sharding``), the
+    optimizer's copies of them (Adam's moments) like the parameters, everything else replicated."""
+    key = jax.random.key(0)
+    with sharding.activate(mesh, rules):
+        abstract = jax.eval_shape(init, key)
+        params = sharding.shardings_of(jax.eval_shape(boxed_params, key), mesh, rules)
+    replicated = NamedSharding(mesh, P())
+    opt_state = sharding.like_params(abstract.opt_state, abstract.params, params, replicated)
+    return abstract.replace(step=replicated, params=params, opt_state=opt_state, dropout_rng=replicated)
 
 
 # ------------------------------------------------------------------------ steps
@@ -364,7 +378,7 @@ class Stepper:
     def __init__(self, config: ml_collections.ConfigDict, spec: registry.ModelSpec, model,
                  example_batch: dict[str, np.ndarray]):
         self.mode = config.parallelism
-        self.init_fn = state_initializer(config, model, example_batch)
+        self.init_fn, boxed_params = state_initializer(config, model, example_batch)
         loss_config = config.loss.to_dict()
         accumulation = int(config.get("accumulation_steps", 1))
         dtype = config.get("compute_dtype", "float32")
@@ -392,9 +406,7 @@ class Stepper:
         if self.mode == "jit":
             self.replicated = NamedSharding(self.mesh, P())
             self.data_sharding = NamedSharding(self.mesh, P("data"))
-            with sharding.activate(self.mesh, self.rules):
-                self.state_shardings = sharding.shardings_of(jax.eval_shape(self.init_fn, jax.random.key(0)),
-                                                             self.mesh, self.rules)
+            self.state_shardings = state_shardings(self.init_fn, boxed_params, self.mesh, self.rules)
             self._train = jax.jit(step_fn, in_shardings=(self.state_shardings, self.data_sharding),
                                   out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
             # Predictions come back to every process (each scores the whole split).
@@ -414,8 +426,9 @@ class Stepper:
     def create_state(self, rng: jax.Array) -> TrainState:
         """The initial state, laid out for the steps (jit: each array born with its sharding)."""
         if self.mode == "jit":
-            return sharding.create_sharded(self.init_fn, rng, self.mesh, self.rules)[0]
-        return self.put_state(jax.jit(lambda key: nn.meta.unbox(self.init_fn(key)))(rng))
+            with self._context():
+                return jax.jit(self.init_fn, out_shardings=self.state_shardings)(rng)
+        return self.put_state(jax.jit(self.init_fn)(rng))
 
     def put_state(self, state: TrainState) -> TrainState:
         """``state`` (e.g. restored, or from ``create_train_state``) laid out for the steps."""

@@ -252,3 +252,25 @@ def test_batch_must_split_over_devices_and_micro_batches(cimha_setup):
     config.compute_dtype = "float16"
     with pytest.raises(ValueError, match="compute_dtype"):
         train.Stepper(config, spec, model, batch)
+
+
+def test_state_shardings_follow_frozen_tables_and_masked_decay(tmp_path):
+    """The optimizer's copies of the parameters are sharded like them whatever optax's state looks like
+    (multi_transform for a frozen word table, a decay mask that leaves MaskedNodes)."""
+    config = test_config.get_config("ms2d")
+    config.model.freeze_embeddings = True
+    config.optimizer.name, config.optimizer.decay_only_kernels = "adamw", True
+    data_dir = train.prepare_data(config, str(tmp_path))
+    config = train.resolve_dataset(config, data_dir)
+    vocab = pipeline.load_vocabulary(data_dir)
+    spec = registry.get_model_spec("ms2d")
+    batch = next(pipeline.as_numpy(pipeline.make_dataset(data_dir, "train", config.dataset, batch_size=8,
+                                                         training=True, vocab=vocab, labels=False,
+                                                         inputs=spec.inputs(config.model))))
+    stepper = train.Stepper(config, spec, registry.create_model(config.model, len(vocab)), batch)
+    state = stepper.create_state(jax.random.key(0))
+    assert jax.tree.structure(state) == jax.tree.structure(stepper.state_shardings)
+    table = np.asarray(state.params["word_embed"]["embedding"])  # (the step donates the state)
+    state, metrics = stepper.train(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    np.testing.assert_array_equal(state.params["word_embed"]["embedding"], table)  # frozen: not updated
