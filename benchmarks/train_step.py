@@ -23,7 +23,6 @@ embedded benchmarks their generator's.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import resource
@@ -161,11 +160,8 @@ def measure(config) -> dict:
         stepper = train.Stepper(config, spec, model, batch)
         state = stepper.create_state(jax.random.key(config.seed))
         device_batch = stepper.put_batch(batch)
-        step_fn = functools.partial(
-            train.train_step, loss_fn=spec.loss_fn, loss_config=config.loss.to_dict(),
-            accumulation_steps=int(config.accumulation_steps), compute_dtype=config.compute_dtype)
-        with stepper._context():
-            flops_per_step = flops.count_flops(step_fn, state, device_batch)
+        with stepper.context():
+            flops_per_step = flops.count_flops(stepper.step_fn, state, device_batch)
             start = time.perf_counter()
             compiled = stepper._train.lower(state, device_batch).compile()
             compile_s = time.perf_counter() - start

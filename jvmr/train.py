@@ -400,8 +400,9 @@ class Stepper:
         if config.eval.batch_size % n:
             raise ValueError(f"eval.batch_size {config.eval.batch_size} is not divisible by the {n} devices of "
                              "the data axis")
-        step_fn = functools.partial(train_step, loss_fn=spec.loss_fn, loss_config=loss_config,
-                                    accumulation_steps=accumulation, compute_dtype=dtype)
+        # The un-jitted step (benchmarks count its FLOPs), then compiled for the parallelism.
+        self.step_fn = step_fn = functools.partial(train_step, loss_fn=spec.loss_fn, loss_config=loss_config,
+                                                   accumulation_steps=accumulation, compute_dtype=dtype)
         eval_fn = functools.partial(eval_step, predict_fn=spec.predict_fn, compute_dtype=dtype)
         if self.mode == "jit":
             self.replicated = NamedSharding(self.mesh, P())
@@ -419,14 +420,15 @@ class Stepper:
         else:
             raise ValueError(f"config.parallelism must be 'jit' or 'pmap', got {self.mode!r}")
 
-    def _context(self):
+    def context(self):
+        """The context the steps trace and run in (jit: the mesh and the logical-axis rules)."""
         return sharding.activate(self.mesh, self.rules) if self.mode == "jit" else contextlib.nullcontext()
 
     # Host <-> device layout.
     def create_state(self, rng: jax.Array) -> TrainState:
         """The initial state, laid out for the steps (jit: each array born with its sharding)."""
         if self.mode == "jit":
-            with self._context():
+            with self.context():
                 return jax.jit(self.init_fn, out_shardings=self.state_shardings)(rng)
         return self.put_state(jax.jit(self.init_fn)(rng))
 
@@ -463,7 +465,7 @@ class Stepper:
         return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
 
     def train(self, state, batch):
-        with self._context():
+        with self.context():
             state, step_metrics = self._train(state, self.put_batch(batch))
         if self.mode == "pmap":
             step_metrics = jax.tree.map(lambda x: x[0], step_metrics)
@@ -471,7 +473,7 @@ class Stepper:
 
     def predict(self, state, batch) -> tuple[np.ndarray, np.ndarray]:
         """Candidates of a whole evaluation batch (every process passes the same batch and gets them all)."""
-        with self._context():
+        with self.context():
             spans, scores = jax.device_get(self._eval(state, self.put_batch(batch, global_batch=True)))
         if self.mode == "pmap":
             spans = spans.reshape((-1,) + spans.shape[2:])

@@ -366,8 +366,10 @@ class Recurrence(nn.Module):
             raise ValueError(f"Recurrence.kind must be 'gru' or 'lstm', got {self.kind!r}")
         w_in, b_in, w_h, b_h = _RecurrentCell(self.hidden, self.kind, name="cell")(x.shape[-1])
         dtype = w_in.dtype
+        if lengths is None:
+            lengths = jnp.full((x.shape[0],), x.shape[1])
         if self.reverse:
-            x = reverse_valid(x, lengths if lengths is not None else jnp.full((x.shape[0],), x.shape[1]))
+            x = reverse_valid(x, lengths)
         projected = jnp.einsum("btd,dg->tbg", x.astype(dtype), w_in) + b_in  # [T, B, G*H], all steps at once
         h = self.hidden
         state_dtype = jnp.promote_types(dtype, jnp.float32)
@@ -396,7 +398,7 @@ class Recurrence(nn.Module):
             _, ys = jax.lax.scan(lstm_step, (zeros, zeros), projected)
         ys = jnp.swapaxes(ys, 0, 1)  # [B, T, H]
         if self.reverse:
-            ys = reverse_valid(ys, lengths if lengths is not None else jnp.full((x.shape[0],), x.shape[1]))
+            ys = reverse_valid(ys, lengths)
         return ys
 
 
