@@ -24,6 +24,10 @@ hyperparameters (ikuinen/CMIN_moment_retrieval README commands and main.py):
         --config.dataset.data_dir=DATA_DIR --workdir=/tmp/cmin_anet
     (also :tacos and :charades_sta; CMIN published no Charades-STA setting, so it
     uses the ActivityNet one on Charades' 64-clip grid.)
+
+The released code's model and losses in one switch, alone or after a preset (what
+benchmarks/train_step.py times against the official code):
+    --config=configs/cmin.py:activitynet_captions,released
 """
 
 import math
@@ -60,6 +64,9 @@ def _apply_preset(config, name: str) -> None:
     # The paper's full bilinear fusion with d = 512 would hold 512^3 weights; its
     # output width stays at 64 (fusion_dim) so the [B, T, F, D] contraction fits.
     config.model.fusion_dim = 64
+    # Its [B*T, F, D] intermediate (3.4 GB at batch 128) goes through the backward pass in
+    # rematerialised chunks of 2048 clips (268 MB each) instead.
+    config.model.fusion_chunk_rows = 2048
     config.model.anchor_widths = preset["anchor_widths"]
     config.optimizer.learning_rate = preset["learning_rate"]
     config.optimizer.warmup_init_lr = preset["warmup_init_lr"]
@@ -71,8 +78,26 @@ def _apply_preset(config, name: str) -> None:
     config.checkpoint_every_steps = config.eval_every_steps
 
 
+# The released code's choices where it differs from the paper (each also a switch of its own).
+RELEASED = {
+    "model.fusion": "concat",
+    "model.attention_window": 3,
+    "model.gcn_placement": "before_rnn",
+    "model.gcn_gate_input": "transformed",
+    "loss.label_mode": "scaled",
+    "loss.reg_mode": "released",
+}
+
+
+def _apply_released(config) -> None:
+    for key, value in RELEASED.items():
+        block, name = key.split(".")
+        config[block][name] = value
+
+
 def get_config(arg: str | None = None):
-    """The embedded-benchmark config, or with ``arg`` a dataset preset (``configs/cmin.py:tacos``)."""
+    """The embedded-benchmark config; ``arg`` is a dataset preset (``configs/cmin.py:tacos``), ``released``
+    (the released code's model and losses, :data:`RELEASED`), or both (``activitynet_captions,released``)."""
     config = common.get_base_config()
 
     config.model.name = "cmin"
@@ -92,6 +117,7 @@ def get_config(arg: str | None = None):
     config.model.use_cross_gate = True
     config.model.fusion = "bilinear"
     config.model.fusion_dim = 64
+    config.model.fusion_chunk_rows = 0  # rows per rematerialised chunk of the bilinear fusion (0: all)
     config.model.attention_window = 0
     config.model.gcn_placement = "after_rnn"
     config.model.gcn_gate_input = "input"
@@ -120,8 +146,14 @@ def get_config(arg: str | None = None):
     config.eval_every_steps = 2000
     config.checkpoint_every_steps = 1000
 
-    if arg:
-        if arg not in _PRESETS:
-            raise ValueError(f"configs/cmin.py has presets {sorted(_PRESETS)}, not {arg!r}")
-        _apply_preset(config, arg)
+    names = [name for name in (arg or "").split(",") if name]
+    unknown = [name for name in names if name not in _PRESETS and name != "released"]
+    if unknown or sum(name in _PRESETS for name in names) > 1:
+        raise ValueError(f"configs/cmin.py takes one of the presets {sorted(_PRESETS)} and/or 'released', "
+                         f"not {arg!r}")
+    for name in names:
+        if name in _PRESETS:
+            _apply_preset(config, name)
+    if "released" in names:
+        _apply_released(config)
     return config

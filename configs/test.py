@@ -43,7 +43,8 @@ def get_config(arg: str | None = None):
         synth.min_clips, synth.max_clips = 20, 60  # Longer than the grid too: exercises resampling.
     if name == "cmin":
         config.model.update(dict(word_dim=16, d_model=16, num_heads=2, num_attn_layers=1, num_gcn_layers=1,
-                                 anchor_widths=(2, 4, 8)))
+                                 anchor_widths=(2, 4, 8),
+                                 fusion_chunk_rows=96))  # 3 chunks of the 256 clips of a batch: exercised sharded
     elif name == "cimha":
         config.model.update(dict(word_dim=16, d_model=16, num_heads=2, ffn_dim=16, lstm_hidden=8, mlp_dim=16,
                                  num_candidates=20))

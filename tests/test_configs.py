@@ -52,6 +52,22 @@ def test_cmin_presets(preset):
         cmin.get_config("tvr_typo")
 
 
+def test_cmin_released_switch():
+    """':released' (alone or after a preset) sets the released code's model and losses, nothing else."""
+    paper, released = cmin.get_config("activitynet_captions"), cmin.get_config("activitynet_captions,released")
+    assert (released.model.fusion, released.model.attention_window, released.model.gcn_placement,
+            released.model.gcn_gate_input) == ("concat", 3, "before_rnn", "transformed")
+    assert (released.loss.label_mode, released.loss.reg_mode) == ("scaled", "released")
+    assert paper.model.fusion == "bilinear" and paper.loss.reg_mode == "paper"
+    changed = {f"{block}.{k}" for block in ("model", "loss", "optimizer", "dataset")
+               for k, v in released[block].items() if paper[block][k] != v}
+    assert changed == set(cmin.RELEASED)
+    assert cmin.get_config("released").dataset.name == cmin.get_config().dataset.name
+    for bad in ("released,nope", "tacos,activitynet_captions"):
+        with pytest.raises(ValueError, match="presets"):
+            cmin.get_config(bad)
+
+
 def test_cmin_released_hyperparameters():
     anet, tacos = cmin.get_config("activitynet_captions"), cmin.get_config("tacos")
     assert (anet.optimizer.learning_rate, anet.optimizer.weight_decay, anet.batch_size) == (8e-4, 1e-7, 128)

@@ -164,6 +164,27 @@ def test_recurrence_is_flax_rnn_with_hoisted_input_projections(kind, cell):
     np.testing.assert_allclose(out[valid], ref[valid], rtol=RTOL, atol=ATOL)
 
 
+def test_recurrence_time_major_and_reverse_valid_layouts():
+    """time_major=True is the same recurrence on [T, B, D]; reverse_valid reverses each row's valid prefix
+    along either time axis and leaves the padded steps in place."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3, 7, 4)).astype(np.float32)
+    lengths = jnp.asarray([7, 4, 1])
+    ref = np.stack([np.concatenate([x[b, :n][::-1], x[b, n:]]) for b, n in enumerate([7, 4, 1])])
+    np.testing.assert_array_equal(layers.reverse_valid(x, lengths), ref)
+    np.testing.assert_array_equal(layers.reverse_valid(np.swapaxes(x, 0, 1), lengths, time_axis=0),
+                                  np.swapaxes(ref, 0, 1))
+    with pytest.raises(ValueError, match="time_axis"):
+        layers.reverse_valid(x, lengths, time_axis=2)
+    for reverse in (False, True):
+        batch_major = layers.Recurrence(5, "gru", reverse=reverse)
+        params = jit_init(batch_major, x)
+        time_major = layers.Recurrence(5, "gru", reverse=reverse, time_major=True)
+        np.testing.assert_allclose(
+            np.swapaxes(np.asarray(jit_apply(time_major, params, np.swapaxes(x, 0, 1), lengths)), 0, 1),
+            jit_apply(batch_major, params, x, lengths), rtol=RTOL, atol=ATOL)
+
+
 def test_recurrence_computes_in_its_kernels_dtype_and_carries_float32():
     rng = np.random.default_rng(7)
     x = rng.normal(size=(2, 5, 4)).astype(np.float32)

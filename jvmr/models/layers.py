@@ -334,11 +334,18 @@ class _RecurrentCell(nn.Module):
                 jnp.concatenate([zeros if b is None else b for _, b in recurrent]))
 
 
-def reverse_valid(x: Array, lengths: Array) -> Array:
-    """Reverses each row's valid prefix in time: x [B, T, ...], lengths [B] (padded steps stay in place)."""
-    t = jnp.arange(x.shape[1])[None, :]
+def reverse_valid(x: Array, lengths: Array, time_axis: int = 1) -> Array:
+    """Reverses each row's valid prefix in time (padded steps stay in place).
+
+    Args: x [B, T, ...] (``time_axis=1``) or [T, B, ...] (``time_axis=0``); lengths [B].
+    """
+    if time_axis not in (0, 1):
+        raise ValueError(f"time_axis must be 0 or 1, got {time_axis}")
+    t = jnp.arange(x.shape[time_axis])[None, :]
     index = jnp.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # [B, T], an involution
-    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+    if time_axis == 0:
+        index = index.T
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=time_axis)
 
 
 class Recurrence(nn.Module):
@@ -352,13 +359,15 @@ class Recurrence(nn.Module):
     from its last valid step (``lengths``). Computes in the dtype of its kernels (bfloat16 under
     ``compute_dtype=bfloat16``), carrying the state in float32.
 
-    Args of ``__call__``: x [B, T, D], lengths [B] (None: all T valid). Returns [B, T, H] (outputs at
-    steps past a row's length are not meaningful).
+    Args of ``__call__``: x [B, T, D] ([T, B, D] with ``time_major``), lengths [B] (None: all T valid).
+    Returns [B, T, H] ([T, B, H] with ``time_major``; outputs at steps past a row's length are not
+    meaningful).
     """
 
     hidden: int
     kind: str = "gru"
     reverse: bool = False
+    time_major: bool = False
 
     @nn.compact
     def __call__(self, x: Array, lengths: Array | None = None) -> Array:
@@ -366,53 +375,58 @@ class Recurrence(nn.Module):
             raise ValueError(f"Recurrence.kind must be 'gru' or 'lstm', got {self.kind!r}")
         w_in, b_in, w_h, b_h = _RecurrentCell(self.hidden, self.kind, name="cell")(x.shape[-1])
         dtype = w_in.dtype
+        if not self.time_major:
+            x = jnp.swapaxes(x, 0, 1)  # the scan runs over the leading axis: [T, B, D]
         if lengths is None:
-            lengths = jnp.full((x.shape[0],), x.shape[1])
+            lengths = jnp.full((x.shape[1],), x.shape[0])
         if self.reverse:
-            x = reverse_valid(x, lengths)
-        projected = jnp.einsum("btd,dg->tbg", x.astype(dtype), w_in) + b_in  # [T, B, G*H], all steps at once
-        h = self.hidden
+            x = reverse_valid(x, lengths, time_axis=0)
+        projected = jnp.einsum("tbd,dg->tbg", x.astype(dtype), w_in) + b_in  # [T, B, G*H], all steps at once
         state_dtype = jnp.promote_types(dtype, jnp.float32)
-        zeros = jnp.zeros((x.shape[0], h), state_dtype)
+        zeros = jnp.zeros((x.shape[1], self.hidden), state_dtype)
 
+        # Gates are cut with split (its gradient is one concatenate) rather than slices (a pad and an
+        # add per slice in the backward loop).
         def gru_step(state, xp):
             hp = jnp.dot(state.astype(dtype), w_h) + b_h
-            r = jax.nn.sigmoid(xp[:, :h] + hp[:, :h])
-            z = jax.nn.sigmoid(xp[:, h:2 * h] + hp[:, h:2 * h])
-            n = jnp.tanh(xp[:, 2 * h:] + r * hp[:, 2 * h:])
+            (xr, xz, xn), (hr, hz, hn) = jnp.split(xp, 3, axis=-1), jnp.split(hp, 3, axis=-1)
+            r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
             new = ((1.0 - z) * n + z * state).astype(state_dtype)
             return new, new
 
         def lstm_step(state, xp):
             c, hidden_state = state
-            g = xp + jnp.dot(hidden_state.astype(dtype), w_h) + b_h
-            i, f = jax.nn.sigmoid(g[:, :h]), jax.nn.sigmoid(g[:, h:2 * h])
-            cell, o = jnp.tanh(g[:, 2 * h:3 * h]), jax.nn.sigmoid(g[:, 3 * h:])
-            c = (f * c + i * cell).astype(state_dtype)
-            new = (o * jnp.tanh(c)).astype(state_dtype)
+            i, f, g, o = jnp.split(xp + jnp.dot(hidden_state.astype(dtype), w_h) + b_h, 4, axis=-1)
+            c = (jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)).astype(state_dtype)
+            new = (jax.nn.sigmoid(o) * jnp.tanh(c)).astype(state_dtype)
             return (c, new), new
 
         if self.kind == "gru":
             _, ys = jax.lax.scan(gru_step, zeros, projected)
         else:
             _, ys = jax.lax.scan(lstm_step, (zeros, zeros), projected)
-        ys = jnp.swapaxes(ys, 0, 1)  # [B, T, H]
         if self.reverse:
-            ys = reverse_valid(ys, lengths)
-        return ys
+            ys = reverse_valid(ys, lengths, time_axis=0)
+        return ys if self.time_major else jnp.swapaxes(ys, 0, 1)
 
 
 class _Bidirectional(nn.Module):
-    """``forward_rnn`` and ``backward_rnn`` :class:`Recurrence` s, outputs concatenated (``nn.Bidirectional``'s tree)."""
+    """``forward_rnn`` and ``backward_rnn`` :class:`Recurrence` s, outputs concatenated (``nn.Bidirectional``'s tree).
+
+    Args of ``__call__``: x [B, T, D], lengths [B]. Returns [B, T, 2H]; both directions run time-major,
+    so x and the output are transposed once each.
+    """
 
     hidden: int
     kind: str
 
     @nn.compact
     def __call__(self, x: Array, lengths: Array) -> Array:
-        forward = Recurrence(self.hidden, self.kind, name="forward_rnn")(x, lengths)
-        backward = Recurrence(self.hidden, self.kind, reverse=True, name="backward_rnn")(x, lengths)
-        return jnp.concatenate([forward, backward], axis=-1)
+        x = jnp.swapaxes(x, 0, 1)
+        forward = Recurrence(self.hidden, self.kind, time_major=True, name="forward_rnn")(x, lengths)
+        backward = Recurrence(self.hidden, self.kind, reverse=True, time_major=True, name="backward_rnn")(x, lengths)
+        return jnp.swapaxes(jnp.concatenate([forward, backward], axis=-1), 0, 1)
 
 
 class BiGRU(nn.Module):
