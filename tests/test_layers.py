@@ -164,6 +164,66 @@ def test_recurrence_is_flax_rnn_with_hoisted_input_projections(kind, cell):
     np.testing.assert_allclose(out[valid], ref[valid], rtol=RTOL, atol=ATOL)
 
 
+def test_random_bits_are_jax_threefry_bits_and_the_published_test_vectors():
+    """Threefry-2x32-20 known answers (Random123's kat_vectors), and jax.random.bits bit for bit."""
+    u32 = lambda v: jnp.asarray(v, jnp.uint32)  # noqa: E731
+    for key, counter, expected in [((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+                                   ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+                                   ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]:
+        got = layers._threefry2x32(u32(key[0]), u32(key[1]), u32(counter[0]), u32(counter[1]))
+        assert tuple(int(g) for g in got) == expected
+    key = jax.random.fold_in(jax.random.key(42), 7)
+    for shape in [(1,), (5, 7), (2, 3, 4, 5), (64, 33)]:
+        ours = jax.jit(layers.random_bits, static_argnums=1)(key, shape)
+        np.testing.assert_array_equal(ours, jax.random.bits(key, shape, jnp.uint32))
+    raw = jax.random.PRNGKey(3)  # legacy uint32 keys too
+    np.testing.assert_array_equal(layers.random_bits(raw, (4, 4)), jax.random.bits(raw, (4, 4), jnp.uint32))
+    rbg = jax.random.key(0, impl="rbg")  # other implementations go to jax.random.bits
+    np.testing.assert_array_equal(layers.random_bits(rbg, (4, 4)), jax.random.bits(rbg, (4, 4), jnp.uint32))
+
+
+def test_dropout_keeps_one_minus_rate_and_the_expectation():
+    x = np.random.default_rng(9).normal(size=(64, 48, 33)).astype(np.float32)  # odd last axis
+    rate = 0.3
+    drop = layers.Dropout(rate)
+    out = np.asarray(jax.jit(lambda k, x: drop.apply({}, x, deterministic=False, rngs={"dropout": k}))(
+        jax.random.key(0), x))
+    kept = out != 0
+    n = x.size
+    # Kept fraction within 5 standard deviations of 1 - rate; kept values scaled by 2^16 / k.
+    assert abs(kept.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
+    k = round((1 - rate) * 65536)
+    np.testing.assert_allclose(out[kept], x[kept] * 65536 / k, rtol=1e-6)
+    # Both 16-bit halves of a word are used and independent: neighbours along the last axis are uncorrelated.
+    a, b = kept[..., 0:-1:2].ravel().astype(float), kept[..., 1::2].ravel().astype(float)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(a.size)
+    assert 0.6 < kept[..., -1].mean() < 0.8  # the odd last element is drawn too
+    # Another key, another mask; the same key, the same mask.
+    other = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)}))
+    assert (other != 0).mean() > 0.6 and not np.array_equal(other != 0, kept)
+    again = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
+    np.testing.assert_array_equal(again, out)
+    # E[output] = x: averaged over many masks of a constant.
+    ones = jnp.ones((4096, 16))
+    means = [float(jnp.mean(drop.apply({}, ones, deterministic=False, rngs={"dropout": jax.random.key(i)})))
+             for i in range(8)]
+    assert abs(np.mean(means) - 1.0) < 5 * np.sqrt(rate / (1 - rate) / (8 * ones.size))
+
+
+def test_dropout_edge_rates_and_deterministic():
+    x = jnp.arange(6.0).reshape(2, 3)
+    rngs = {"dropout": jax.random.key(0)}
+    np.testing.assert_array_equal(layers.Dropout(0.5).apply({}, x, deterministic=True), x)
+    np.testing.assert_array_equal(layers.Dropout(0.0).apply({}, x, deterministic=False, rngs=rngs), x)
+    np.testing.assert_array_equal(layers.Dropout(1.0).apply({}, x, deterministic=False, rngs=rngs), 0.0)
+    scalar = layers.Dropout(0.5).apply({}, jnp.float32(2.0), deterministic=False, rngs=rngs)
+    assert scalar.shape == () and float(scalar) in (0.0, 4.0)
+    low = layers.Dropout(0.5).apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs=rngs)
+    assert low.dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="rate"):
+        layers.Dropout(1.5).apply({}, x, deterministic=False, rngs=rngs)
+
+
 def test_recurrence_time_major_and_reverse_valid_layouts():
     """time_major=True is the same recurrence on [T, B, D]; reverse_valid reverses each row's valid prefix
     along either time axis and leaves the padded steps in place."""

@@ -93,8 +93,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jvmr.models.layers import (BiLSTM, FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, WordEmbedding,
-                                constrain, dense, mask_fill, weighted_mean, masked_log_softmax, masked_softmax, sequence_lengths)
+from jvmr.models.layers import (BiLSTM, Dropout, FeedForward, LearnedPositionalEmbedding, MultiHeadAttention,
+                                WordEmbedding, constrain, dense, mask_fill, weighted_mean, masked_log_softmax,
+                                masked_softmax, sequence_lengths)
 from jvmr.models.spans import MASKED_SCORE, boundary_indices, decode_spans, segment_labels  # noqa: F401
 
 Array = jax.Array
@@ -165,7 +166,7 @@ class KeyAlignedAttention(nn.Module):
         weights = masked_softmax(logits, (key_mask > 0)[:, None, None, :], axis=-1)
         weights = weights * (query_mask > 0)[:, None, :, None].astype(weights.dtype)
         if self.dropout_rate > 0.0 and not deterministic:
-            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+            weights = Dropout(self.dropout_rate)(weights, deterministic=False)
         n_q = sequence_lengths(query_mask).astype(weights.dtype)
         n_k = sequence_lengths(key_mask).astype(weights.dtype)
         scale = n_k / jnp.maximum(n_q, 1.0)  # uniform attention -> r = 1
@@ -219,7 +220,7 @@ class QueryToContextAttention(nn.Module):
         weights = masked_softmax(logits, (query_mask > 0)[:, None, :], axis=-1)
         weights = weights * (key_mask > 0)[:, :, None].astype(weights.dtype)
         if self.dropout_rate > 0.0 and not deterministic:
-            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+            weights = Dropout(self.dropout_rate)(weights, deterministic=False)
         out = mask_fill(jnp.einsum("bkq,bqd->bkd", weights, rows), key_mask)
         return (out, weights) if return_weights else out
 
@@ -308,7 +309,7 @@ class CIMHA(nn.Module):
         """v^ of eq. 5 ([B, T, D], zero at padded clips) and the clip mask [B, T]."""
         mask = (batch["video_mask"] > 0).astype(jnp.float32)
         feats = mask_fill(batch["video_feats"].astype(jnp.float32), mask)
-        feats = nn.Dropout(self.dropout)(feats, deterministic=deterministic)
+        feats = Dropout(self.dropout)(feats, deterministic=deterministic)
         v0 = mask_fill(nn.Dense(self.d_model, name="video_proj")(feats), mask)
         v = v0 + self._attention("video_self_attention")(
             v0, key_mask=mask, query_mask=mask, deterministic=deterministic)  # eq. 4
@@ -346,7 +347,7 @@ class CIMHA(nn.Module):
             fused = jnp.concatenate([v_q, q_v], axis=-1)  # eq. 9
         else:
             fused = v_q
-        fused = nn.Dropout(self.dropout)(fused, deterministic=det)
+        fused = Dropout(self.dropout)(fused, deterministic=det)
 
         hidden = self.lstm_hidden or self.d_model // 2
         h_start = BiLSTM(hidden, name="start_rnn")(fused, vmask)  # eq. 10

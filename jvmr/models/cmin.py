@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from jvmr.data.text import DEPENDENCY_LABELS
 from jvmr.models.graph import SyntacticGCNStack
-from jvmr.models.layers import (AdditiveAttention, BiGRU, MultiHeadAttention, dense, mask_fill, partitioned,
+from jvmr.models.layers import (AdditiveAttention, BiGRU, Dropout, MultiHeadAttention, dense, mask_fill, partitioned,
                                 weighted_mean)
 from jvmr.models.spans import temporal_iou  # noqa: F401  (cmin.temporal_iou: anchor IoUs)
 
@@ -381,7 +381,7 @@ class CMIN(nn.Module):
         words = nn.Embed(self.vocab_size, self.word_dim, embedding_init=self.embedding_init, name="word_embed")(tokens)
         if self.freeze_embeddings:
             words = jax.lax.stop_gradient(words)
-        words = nn.Dropout(self.dropout)(mask_fill(words, mask), deterministic=deterministic)
+        words = Dropout(self.dropout)(mask_fill(words, mask), deterministic=deterministic)
         use_gcn = self.use_gcn and self.num_gcn_layers > 0
         if use_gcn and self.gcn_placement == "before_rnn":
             words = self._gcn(words, batch, mask, deterministic)
@@ -394,7 +394,7 @@ class CMIN(nn.Module):
         """Video encoder: projection -> [MultiHead(V, V, V) + V] x N -> BiGRU; returns h^v [B, T, d_model]."""
         mask = (batch["video_mask"] > 0).astype(jnp.float32)
         v = mask_fill(batch["video_feats"].astype(jnp.float32), mask)
-        v = nn.Dropout(self.dropout)(v, deterministic=deterministic)
+        v = Dropout(self.dropout)(v, deterministic=deterministic)
         # The released code attends in the raw feature dim (500-d C3D); we project
         # to d_model first so that the attention width is a model setting.
         v = nn.Dense(self.d_model, name="video_proj")(v)
@@ -437,7 +437,7 @@ class CMIN(nn.Module):
         fusion = Fusion(self.fusion, self.fusion_dim or self.d_model, rank=self.d_model,
                         chunk_rows=self.fusion_chunk_rows, name="fusion")
         fused = mask_fill(fusion(hs, hv), vmask)  # f
-        fused = nn.Dropout(self.dropout)(fused, deterministic=det)
+        fused = Dropout(self.dropout)(fused, deterministic=det)
         if self.fused_rnn:
             fused = BiGRU(self.d_model // 2, name="fusion_rnn")(fused, vmask)  # h^f
 

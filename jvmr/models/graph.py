@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import jraph
 
+from jvmr.models.layers import Dropout
+
 Array = jax.Array
 
 NUM_DIRECTIONS = 3  # 0: dependent -> head, 1: head -> dependent, 2: self loop.
@@ -236,6 +238,6 @@ class SyntacticGCNStack(nn.Module):
                 gate_input=self.gate_input,
                 name=f"layer_{i}",
             )(graph._replace(nodes={**graph.nodes, "h": out}))
-            g = nn.Dropout(self.dropout_rate)(g, deterministic=deterministic)
+            g = Dropout(self.dropout_rate)(g, deterministic=deterministic)
             out = (out + g) * graph.nodes["mask"][:, None]
         return out.reshape(b, l, d)

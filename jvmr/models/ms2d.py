@@ -206,7 +206,7 @@ class MS2D(nn.Module):
             batch["query_tokens"], qmask, deterministic=det)
         states = layers.Recurrence(self.hidden_size, "lstm", name="query_rnn")(words, sequence_lengths(qmask))
         sentence = last_state(states, qmask)  # f^T [B, d]
-        clips = nn.Dropout(self.dropout)(batch["video_feats"], deterministic=det)
+        clips = layers.Dropout(self.dropout)(batch["video_feats"], deterministic=det)
         clips = mask_fill(nn.relu(nn.Dense(self.hidden_size, name="clip_proj")(clips)), vmask)  # f^S
 
         text = nn.Dense(self.hidden_size, name="text_fusion")(sentence)[:, None, None, :]  # W^T f^T

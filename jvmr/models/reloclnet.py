@@ -97,7 +97,7 @@ class LinearLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         x = nn.LayerNorm(name="norm")(x)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = layers.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         return nn.relu(nn.Dense(self.features, name="dense")(x))
 
 
@@ -120,12 +120,12 @@ class AttentionBlock(nn.Module):
         kv, kv_mask = (x, mask) if kv is None else (kv, kv_mask)
         y = MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout, name="attention")(
             x, kv, key_mask=kv_mask, query_mask=mask, deterministic=deterministic)
-        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        y = layers.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         x = nn.LayerNorm(name="norm")(x + y)
         if self.ffn_dim > 0:
             y = FeedForward(x.shape[-1], hidden=self.ffn_dim, dropout_rate=self.dropout_rate, name="ffn")(
                 x, deterministic=deterministic)
-            y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+            y = layers.Dropout(self.dropout_rate)(y, deterministic=deterministic)
             x = nn.LayerNorm(name="ffn_norm")(x + y)
         return mask_fill(x, mask)
 
