@@ -6,14 +6,20 @@ kernel window * input channels per group) is counted, ``scan`` bodies are multip
 length, ``cond`` takes its most expensive branch, and every other higher-order primitive (jit,
 custom_jvp / custom_vjp, remat, shard_map, ...) is entered. Element-wise work is not counted: the
 number is the one a matrix-product rate is compared with.
+
+``standalone_ceiling`` times each distinct product alone at its own shapes: the sum is the step time
+if every product ran as fast as it does alone and nothing else took any time, so it bounds the
+fraction of the large-GEMM rate a step of these shapes can reach on this machine.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import jax
 import jax.extend  # noqa: F401  (jax.extend.core.Jaxpr / ClosedJaxpr)
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -50,33 +56,87 @@ def _sub_jaxprs(value: Any):
             yield from _sub_jaxprs(v)
 
 
-def jaxpr_flops(jaxpr) -> int:
-    """Matrix-product FLOPs of a (closed) jaxpr, loops unrolled by their trip counts."""
+def matrix_products(jaxpr, multiplicity: int = 1):
+    """Yields (eqn, times executed) for every ``dot_general`` and convolution of a (closed) jaxpr."""
     if isinstance(jaxpr, jax.extend.core.ClosedJaxpr):
         jaxpr = jaxpr.jaxpr
-    total = 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name == "dot_general":
-            total += _dot_flops(eqn)
-        elif name == "conv_general_dilated":
-            total += _conv_flops(eqn)
+        if name in ("dot_general", "conv_general_dilated"):
+            yield eqn, multiplicity
         elif name == "scan":
-            total += int(eqn.params["length"]) * jaxpr_flops(eqn.params["jaxpr"])
+            yield from matrix_products(eqn.params["jaxpr"], multiplicity * int(eqn.params["length"]))
         elif name == "cond":
-            total += max(jaxpr_flops(b) for b in eqn.params["branches"])
+            branches = [list(matrix_products(b, multiplicity)) for b in eqn.params["branches"]]
+            yield from max(branches, key=lambda b: sum(m * eqn_flops(e) for e, m in b))
         elif name == "while":
-            body = jaxpr_flops(eqn.params["body_jaxpr"])
-            if body:
+            if any(True for _ in matrix_products(eqn.params["body_jaxpr"])):
                 raise ValueError("a while loop with matrix products has no static trip count: use lax.scan "
                                  "(or lax.fori_loop with static bounds)")
         else:
             for value in eqn.params.values():
                 for sub in _sub_jaxprs(value):
-                    total += jaxpr_flops(sub)
-    return total
+                    yield from matrix_products(sub, multiplicity)
+
+
+def eqn_flops(eqn) -> int:
+    return _dot_flops(eqn) if eqn.primitive.name == "dot_general" else _conv_flops(eqn)
+
+
+def jaxpr_flops(jaxpr) -> int:
+    """Matrix-product FLOPs of a (closed) jaxpr, loops unrolled by their trip counts."""
+    return sum(m * eqn_flops(eqn) for eqn, m in matrix_products(jaxpr))
 
 
 def count_flops(fn: Callable, *args, **kwargs) -> int:
     """Matrix-product FLOPs of one call of ``fn(*args, **kwargs)``."""
     return jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs))
+
+
+def _standalone_seconds(eqn, target_s: float = 0.05) -> float:
+    """Seconds one execution of ``eqn`` takes alone: jitted on random operands of its shapes, repeated
+    inside a ``lax.scan`` over distinct operands when it is small (so dispatch does not count), best of 5."""
+    avals = [v.aval for v in eqn.invars]
+    flops = max(eqn_flops(eqn), 1)
+    reps = int(np.clip(target_s * 2e11 / flops, 1, 64))  # ~target_s of work at 200 GFLOP/s
+    rng = np.random.default_rng(0)
+    operands = [jnp.asarray(rng.normal(size=(reps, *a.shape)), a.dtype) for a in avals]
+
+    def body(carry, xs):
+        return carry, eqn.primitive.bind(*xs, **eqn.params)
+
+    run = jax.jit(lambda ops: jax.lax.scan(body, 0, ops)[1])
+    jax.block_until_ready(run(operands))
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(run(operands))
+        best = min(best, time.perf_counter() - start)
+    return best / reps
+
+
+def standalone_ceiling(fn: Callable, *args, **kwargs) -> dict[str, Any]:
+    """The step time if every matrix product of ``fn`` ran as fast as it does alone and nothing else took time.
+
+    Returns ``dot_ceiling_ms`` (the sum, loops unrolled, of each product's standalone time), ``flops``, and
+    ``products``: the distinct products, slowest in total first, each with its shapes, ``count``,
+    ``total_ms`` and ``gflops`` (its standalone rate).
+    """
+    groups: dict[tuple, list] = {}
+    for eqn, m in matrix_products(jax.make_jaxpr(fn)(*args, **kwargs)):
+        key = (eqn.primitive.name, tuple((tuple(v.aval.shape), str(v.aval.dtype)) for v in eqn.invars),
+               repr(sorted(eqn.params.items(), key=lambda kv: kv[0])))
+        if key in groups:
+            groups[key][1] += m
+        else:
+            groups[key] = [eqn, m]
+    products, total_s, total_flops = [], 0.0, 0
+    for (name, operands, _), (eqn, count) in groups.items():
+        seconds = _standalone_seconds(eqn)
+        flops = eqn_flops(eqn)
+        total_s += count * seconds
+        total_flops += count * flops
+        products.append({"op": name, "operands": [f"{d}{list(s)}" for s, d in operands], "count": count,
+                         "total_ms": round(count * seconds * 1e3, 2), "gflops": round(flops / seconds / 1e9, 1)})
+    products.sort(key=lambda p: -p["total_ms"])
+    return {"dot_ceiling_ms": round(total_s * 1e3, 2), "flops": total_flops, "products": products}

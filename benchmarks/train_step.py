@@ -1,7 +1,7 @@
 r"""Train-step speed of a model at a config's shapes, against this machine's matrix-product rate.
 
     python -m benchmarks.train_step --config=configs/cmin.py:activitynet_captions [--batch_size=32] \
-        [--dtype=bfloat16 | --compare_dtypes] [--steps=5]
+        [--dtype=bfloat16 | --compare_dtypes] [--steps=5] [--dot_ceiling]
 
 Prints one JSON line: ``model``, ``preset``, ``batch_size``, ``dtype``, ``compile_s``, ``step_ms``
 (median of ``--steps`` timed steps after ``--warmup`` steps), ``examples_per_s``, ``peak_rss_mb``
@@ -11,7 +11,10 @@ forward and backward, counted from the jaxpr with scan trip counts: ``benchmarks
 float32 2048 x 2048 matrix product's rate on this machine, measured in the same run),
 ``flops_fraction`` (flops_per_step / step time / that rate), ``input_examples_per_s`` (the tf.data
 pipeline reading TFRecords of the same shapes) and ``input_over_step`` (how many times faster the
-input pipeline is than the step). ``--compare_dtypes`` runs float32 and bfloat16 each in its own
+input pipeline is than the step). ``--dot_ceiling`` adds ``dot_ceiling_ms`` (the step time if every matrix
+product ran as fast as it does alone, at its own shapes, and nothing else took time), ``ceiling_fraction``
+(the flops_fraction that time would give: the most this step's shapes allow) and ``slowest_products``.
+``--compare_dtypes`` runs float32 and bfloat16 each in its own
 process (so each peak memory is its own) and prints both lines and a third with ``bf16_speedup``.
 
 The data are random records of the preset's shapes written through the real schema and pipeline:
@@ -52,6 +55,9 @@ flags.DEFINE_integer("feature_dim", 0, "Video feature width (0: the dataset's, s
 flags.DEFINE_integer("subtitle_dim", 0, "Subtitle feature width (0: the dataset's).")
 flags.DEFINE_integer("query_feature_dim", 0, "Query token feature width (0: the dataset's).")
 flags.DEFINE_integer("vocab_size", 0, "Vocabulary size (0: the dataset's).")
+flags.DEFINE_bool("dot_ceiling", False, "Also time every matrix product of the step alone at its shapes "
+                  "(benchmarks.flops.standalone_ceiling): adds dot_ceiling_ms, ceiling_fraction and the "
+                  "slowest products.")
 flags.DEFINE_integer("input_batches", 20, "Batches read to time the input pipeline.")
 flags.mark_flags_as_required(["config"])
 
@@ -181,6 +187,13 @@ def measure(config) -> dict:
             raise FloatingPointError(f"the benchmark's loss is {float(metrics['loss'])}")
     step_s = statistics.median(times)
     gemm = gemm_gflops()
+    extra = {}
+    if FLAGS.dot_ceiling:
+        with stepper.context():
+            ceiling = flops.standalone_ceiling(stepper.step_fn, state, device_batch)
+        extra = {"dot_ceiling_ms": ceiling["dot_ceiling_ms"],
+                 "ceiling_fraction": round(flops_per_step / (ceiling["dot_ceiling_ms"] / 1e3) / (gemm * 1e9), 4),
+                 "slowest_products": ceiling["products"][:8]}
     return {
         "model": config.model.name, "preset": config.dataset.name, "batch_size": batch_size,
         "dtype": config.compute_dtype, "compile_s": round(compile_s, 2), "step_ms": round(step_s * 1e3, 2),
@@ -189,7 +202,7 @@ def measure(config) -> dict:
         "flops_per_step": flops_per_step, "xla_flops_per_step": xla_flops, "gemm_gflops": round(gemm, 1),
         "flops_fraction": round(flops_per_step / step_s / (gemm * 1e9), 4),
         "input_examples_per_s": round(input_rate, 1), "input_over_step": round(input_rate * step_s / batch_size, 1),
-        "devices": jax.device_count(), "backend": jax.default_backend(),
+        "devices": jax.device_count(), "backend": jax.default_backend(), **extra,
     }
 
 

@@ -164,3 +164,12 @@ def _jitted_apply(model):
 
 def run(model, params, batch):
     return to_numpy(_jitted_apply(model)(params, batch))
+
+
+def simulated_devices_xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a subprocess with ``devices`` simulated CPU devices: unoptimised code (these programs
+    are tiny and compiling dominates, 2x faster here) and collectives that wait up to 10 minutes for their
+    participants. XLA's CPU default gives up after 40 s, and 8 device threads sharing 2 cores with another
+    test's processes were seen to miss that (a rendezvous termination, not a wrong result)."""
+    return (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
+            "--xla_cpu_collective_call_terminate_timeout_seconds=600 --xla_cpu_collective_timeout_seconds=600")

@@ -7,6 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
+
+from reference import simulated_devices_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,18 +45,37 @@ def _free_port() -> int:
 
 def _launch(root, num_processes, steps, devices_per_process):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process} "
-                         "--xla_backend_optimization_level=0")
+               XLA_FLAGS=simulated_devices_xla_flags(devices_per_process))
     port = str(_free_port())
+    logs = [(open(root / f"process{i}.out", "w+"), open(root / f"process{i}.err", "w+")) for i in range(num_processes)]
     procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(root), str(num_processes), str(i), port, str(steps)],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(num_processes)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, err[-5000:]
-        results.append(json.loads(out.split("RESULT")[-1]))
-    return results
+                              cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+             for i, (out, err) in enumerate(logs)]
+
+    def read(f):
+        f.seek(0)
+        return f.read()
+
+    # A process that fails leaves the others waiting in a collective forever: watch them all, and on the first
+    # failure stop the rest and report the failed one's error instead of waiting for the timeout.
+    deadline = time.monotonic() + 900
+    try:
+        while any(proc.poll() is None for proc in procs):
+            for proc, (_, err) in zip(procs, logs):
+                assert proc.returncode in (None, 0), read(err)[-5000:]
+            assert time.monotonic() < deadline, "the processes did not finish in 900 s"
+            time.sleep(0.5)
+        for proc, (_, err) in zip(procs, logs):
+            assert proc.returncode == 0, read(err)[-5000:]
+        return [json.loads(read(out).split("RESULT")[-1]) for out, _ in logs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for out, err in logs:
+            out.close()
+            err.close()
 
 
 def _logged_steps(path):

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from configs import test as test_config
 from jvmr import registry, sharding, train
 from jvmr.data import pipeline
+from reference import simulated_devices_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,9 +98,7 @@ print("RESULT" + json.dumps(results))
 @pytest.fixture(scope="module")
 def equivalence(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharding")
-    # Unoptimised XLA code: these programs are tiny and compiling dominates (2x faster here).
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, XLA_FLAGS=simulated_devices_xla_flags(8), TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, "-c", EQUIVALENCE_SCRIPT, str(root)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-6000:]

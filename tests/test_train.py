@@ -11,6 +11,7 @@ import pytest
 
 from configs import test as test_config
 from jvmr import train
+from reference import simulated_devices_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,9 +131,7 @@ print("RESULT" + json.dumps({"step": int(state.step), "metrics": final["val"],
 def test_pmap_trains_checkpoints_resumes_and_evaluates(tmp_path):
     """parallelism=pmap end to end on 8 devices (its step's math against one device: tests/test_sharding.py;
     the jit path over a mesh end to end, across two processes: tests/test_multihost.py)."""
-    # Unoptimised XLA code: these programs are tiny and compiling dominates (2x faster here).
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
-               TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, XLA_FLAGS=simulated_devices_xla_flags(8), TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, "-c", PMAP_SCRIPT, str(tmp_path)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]

@@ -188,15 +188,14 @@ def random_bits(key: Array, shape: tuple[int, ...]) -> Array:
 
 
 class Dropout(nn.Module):
-    """Inverted dropout (``nn.Dropout``'s interface and ``dropout`` rng stream), drawing 16 random bits per element.
+    """Inverted dropout with ``nn.Dropout``'s interface and ``dropout`` rng stream, its masks from :func:`random_bits`.
 
-    ``nn.Dropout`` draws a float32 uniform per element (``jax.random.bernoulli``). Here one 32-bit word
-    of :func:`random_bits` (``jax.random.bits``'s words, fused) gives two elements a 16-bit draw u each;
-    an element is kept where u < k = round((1 - rate) * 2^16), and kept values are scaled by 2^16 / k,
-    so that E[output] = input exactly and the keep probability is 1 - rate to within 2^-17. On CPU,
-    ``nn.Dropout``'s masks took a sixth to a third of ReLoCLNet's and CMIN's training steps; these cost
-    a small part of that. Bits are drawn over the input's own leading axes (the last axis is halved),
-    so a batch-sharded input draws batch-sharded bits.
+    ``nn.Dropout`` draws a float32 uniform per element with ``jax.random.bernoulli``, through JAX's
+    threefry, which CPU runs as a loop over its rounds; those masks took from a sixth to over a third of
+    ReLoCLNet's, CMIN's and CI-MHA's training steps on this CPU. Here each element gets one 32-bit word u of
+    :func:`random_bits` (the same words as ``jax.random.bits``, from one fused kernel) and is kept where
+    u < k = round((1 - rate) * 2^32); kept values are scaled by 2^32 / k, so that E[output] = input
+    exactly and the keep probability is 1 - rate to within 2^-33.
 
     Attributes:
       rate: probability of dropping an element.
@@ -209,17 +208,13 @@ class Dropout(nn.Module):
         """Args: x [...]; deterministic: True returns x unchanged. Returns an array like x."""
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"dropout rate must be in [0, 1], got {self.rate}")
-        keep = round((1.0 - self.rate) * 65536)
-        if deterministic or keep == 65536:
+        keep = round((1.0 - self.rate) * 2**32)
+        if deterministic or keep >= 2**32:
             return x
         if keep == 0:
             return jnp.zeros_like(x)
-        shape = x.shape if x.ndim else (1,)
-        last = shape[-1]
-        bits = random_bits(self.make_rng("dropout"), shape[:-1] + ((last + 1) // 2,))
-        draws = jax.lax.bitcast_convert_type(bits, jnp.uint16)  # [..., ceil(last / 2), 2]
-        draws = draws.reshape(shape[:-1] + (draws.shape[-2] * 2,))[..., :last].reshape(x.shape)
-        return jnp.where(draws < keep, x * (65536 / keep), jnp.zeros_like(x))
+        draws = random_bits(self.make_rng("dropout"), x.shape)
+        return jnp.where(draws < jnp.uint32(keep), x * (2**32 / keep), jnp.zeros_like(x))
 
 
 class MultiHeadAttention(nn.Module):
