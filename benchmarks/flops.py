@@ -98,7 +98,9 @@ def _standalone_seconds(eqn, target_s: float = 0.05) -> float:
     inside a ``lax.scan`` over distinct operands when it is small (so dispatch does not count), best of 5."""
     avals = [v.aval for v in eqn.invars]
     flops = max(eqn_flops(eqn), 1)
-    reps = int(np.clip(target_s * 2e11 / flops, 1, 64))  # ~target_s of work at 200 GFLOP/s
+    nbytes = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in avals)
+    # ~target_s of work at 200 GFLOP/s, in at most 256 MB of operands.
+    reps = int(np.clip(min(target_s * 2e11 / flops, 2**28 / max(nbytes, 1)), 1, 64))
     rng = np.random.default_rng(0)
     operands = [jnp.asarray(rng.normal(size=(reps, *a.shape)), a.dtype) for a in avals]
 

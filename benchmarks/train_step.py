@@ -176,7 +176,7 @@ def measure(config) -> dict:
         xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
         for _ in range(FLAGS.warmup):
             state, metrics = compiled(state, device_batch)
-        jax.block_until_ready(metrics)
+        jax.block_until_ready(state)
         times = []
         for _ in range(FLAGS.steps):
             start = time.perf_counter()

@@ -81,3 +81,17 @@ def append_line(path: str, line: str) -> None:
     """Appends one line (``line`` without its newline) to a text file."""
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+def read_versioned_json(path: str, version_key: str, version: int, what: str) -> dict[str, Any]:
+    """The JSON object at ``path``, whose ``version_key`` must be ``version``; ``what`` names the folder it
+    describes in the errors (FileNotFoundError when absent, ValueError for another version)."""
+    import json
+    if not exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {os.path.dirname(path)!r} is not {what}")
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get(version_key) != version:
+        raise ValueError(f"{path}: {what} of version {meta.get(version_key)}, this jvmr reads {version}: "
+                         f"write it again")
+    return meta

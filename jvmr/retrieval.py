@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jvmr import fs
 from jvmr import metrics as metrics_lib
 from jvmr.models import reloclnet
 from jvmr.models.layers import masked_log_softmax
@@ -84,13 +85,8 @@ class CorpusIndex:
 
     @classmethod
     def load(cls, directory: str, mmap: bool = True) -> "CorpusIndex":
-        path = os.path.join(directory, "index.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist: {directory!r} is not a corpus index")
-        with open(path) as f:
-            meta = json.load(f)
-        if meta.get("version") != INDEX_VERSION:
-            raise ValueError(f"{path}: index version {meta.get('version')}, this jvmr reads {INDEX_VERSION}")
+        meta = fs.read_versioned_json(os.path.join(directory, "index.json"), "version", INDEX_VERSION,
+                                      "a corpus index")
         arrays = {name: np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r" if mmap else None)
                   for name in _ARRAYS}
         return cls(vids=list(meta["vids"]), info=meta["info"], **arrays)

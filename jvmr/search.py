@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from jvmr import registry, retrieval, train
-from jvmr.data import pipeline, text
+from jvmr.data import parsing, pipeline, text
 
 FLAGS = flags.FLAGS
 
@@ -60,6 +60,16 @@ def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
     return {"config": config, "model": model, "params": params, "vocab": vocab, "data_dir": data_dir,
             "step": int(step), "workdir": os.path.abspath(workdir),
             "vocab_sha256": _sha256(os.path.join(data_dir, "vocab.txt"))}
+
+
+def data_parser(data_dir: str) -> str:
+    """How a built dataset's queries were tokenised (``manifest.json``): 'spacy', 'none', 'gold' (the embedded
+    benchmark's grammar trees) or '' when it does not say."""
+    manifest = train.read_manifest(data_dir)
+    parser = manifest.get("parser", {})
+    if isinstance(parser, dict):
+        parser = parser.get("name", "")
+    return parser or manifest.get("config", {}).get("synthetic", manifest.get("config", {})).get("parser", "")
 
 
 def is_query_only(data_dir: str, split: str) -> bool:
@@ -135,23 +145,12 @@ class Engine:
             settings or retrieval.SearchSettings(
                 num_videos=min(defaults.num_videos, self.index.num_videos), min_len=int(config.model.min_span_len),
                 max_len=int(config.model.max_span_len)), ann=ann)
-        self._parser = None
-        manifest = train.read_manifest(self.run["data_dir"])
-        parser = manifest.get("parser", {})
-        if isinstance(parser, dict):
-            parser = parser.get("name", "")
-        parser = parser or manifest.get("config", {}).get("synthetic", manifest.get("config", {})).get("parser", "")
-        self.parser = parser
+        self.parser = parsing.QueryParser(data_parser(self.run["data_dir"]), needs_tree=False)
 
     def tokenize(self, sentence: str) -> list[str]:
         if not sentence.strip():
             raise ValueError("empty query")
-        if self.parser == "spacy":
-            from jvmr.data import parsing
-            if self._parser is None:
-                self._parser = parsing.DependencyParser()
-            return self._parser.parse([sentence])[0].tokens
-        return sentence.lower().split()
+        return self.parser([sentence])[0].tokens
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         vocab = {w: i for i, w in enumerate(self.run["vocab"])}

@@ -208,6 +208,26 @@ def test_bilinear_fusion_chunks_match_numpy_values_and_gradients():
         np.testing.assert_allclose(grads[2], ref[2], rtol=RTOL, atol=ATOL)
 
 
+def test_bilinear_fusion_exported_with_a_symbolic_batch_chunks_each_example():
+    """Under jax.export with a symbolic batch the rows of each example are chunked (B*T is unknown);
+    the values are the paper's f at any batch size."""
+    rng = np.random.default_rng(7)
+    chunked = cmin_lib.BilinearFusion(5, chunk_rows=5)  # 5 does not divide T
+    assert T % 5
+    params = random_params_module(chunked, rng.normal(size=(B, T, 4)).astype(np.float32),
+                                  rng.normal(size=(B, T, 6)).astype(np.float32))
+    (b,) = jax.export.symbolic_shape("b")
+    exported = jax.export.export(jax.jit(chunked.apply))(
+        params, jax.ShapeDtypeStruct((b, T, 4), jnp.float32), jax.ShapeDtypeStruct((b, T, 6), jnp.float32))
+    assert "stablehlo.while" in exported.mlir_module()  # the chunk scan is there
+    w, bias = (np.asarray(params["params"][k], np.float64) for k in ("kernel", "bias"))
+    for n in (1, 3):
+        hs = rng.normal(size=(n, T, 4)).astype(np.float32)
+        hv = rng.normal(size=(n, T, 6)).astype(np.float32)
+        pre = np.einsum("bti,kij,btj->btk", hs, w, hv) + bias
+        np.testing.assert_allclose(exported.call(params, hs, hv), np.maximum(pre, 0), rtol=RTOL, atol=ATOL)
+
+
 def test_cmin_attentive_aggregation_matches_numpy():
     """Whole-model check of M_ij = softmax_j(w^T tanh(W1 h^v_i + W2 o_j + b)) over valid words."""
     batch = make_batch(8)

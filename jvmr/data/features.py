@@ -194,7 +194,7 @@ class FeatureStore:
                     raw = self._read_hdf5(f[self.key], where, vid, None)
             except OSError as e:
                 raise FeatureError(f"{where}: video {vid!r}: cannot open as HDF5: {e}") from e
-        return _check(raw, where, vid)
+        return check_features(raw, where, vid)
 
     @staticmethod
     def _read_hdf5(node, where: str, vid: str, key: str | None) -> np.ndarray:
@@ -216,8 +216,8 @@ class FeatureStore:
         return node[()]
 
 
-def _check(raw: Any, where: str, vid: str) -> np.ndarray:
-    """Validates one video's array and converts it to float32 [T, D]."""
+def check_features(raw: Any, where: str, vid: str) -> np.ndarray:
+    """Validates one video's array and converts it to float32 [T, D]; ``FeatureError`` names ``where`` and ``vid``."""
     arr = np.asarray(raw)
     if arr.dtype.kind not in "fiu":
         raise FeatureError(f"{where}: video {vid!r}: features must be numeric, got dtype {arr.dtype}")

@@ -127,3 +127,22 @@ class DependencyParser:
         cleaned = [" ".join(str(t).split()) for t in texts]
         docs = self.nlp.pipe(cleaned, batch_size=self.batch_size)
         return [_to_parsed(doc, self.keep_punct) for doc in docs]
+
+
+class QueryParser:
+    """Tokenises (and parses) new sentences as a dataset's queries were.
+
+    ``data_parser`` is how the dataset was built ('spacy', 'none', 'gold' or ''): spaCy parses when it was
+    'spacy' or when ``needs_tree`` (a model that reads dependency trees: the embedded benchmark's grammar
+    trees exist only for its own sentences, so spaCy, the parser real data uses, parses new ones);
+    otherwise ``unparsed``, the parser-free word split of ``data_prep --parser=none``.
+    """
+
+    def __init__(self, data_parser: str, needs_tree: bool, model: str = DEFAULT_MODEL):
+        self.uses_spacy = data_parser == "spacy" or needs_tree
+        self._parser = DependencyParser(model) if self.uses_spacy else None
+
+    def __call__(self, sentences: Sequence[str]) -> list[ParsedQuery]:
+        if self._parser is not None:
+            return self._parser.parse(sentences)
+        return [unparsed(s) for s in sentences]

@@ -287,6 +287,27 @@ def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, 
     ds = tf.data.TFRecordDataset(files)
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
+    return _batches(ds, dataset_config, batch_size=batch_size, training=training, seed=seed, vocab=vocab,
+                    inputs=inputs, kind=kind, labels=labels)
+
+
+def examples_dataset(examples, dataset_config, *, batch_size: int, vocab: list[str], inputs: tuple[str, ...] = (),
+                     labels: bool = False):
+    """Evaluation batches of in-memory ``schema.Example``s, built exactly as ``make_dataset`` builds a
+    split's records (serialised, parsed, preprocessed, the last batch padded); no ground truth by default."""
+    import tensorflow as tf
+    serialized = [schema.serialize(ex) for ex in examples]
+    if not serialized:
+        raise ValueError("no examples")
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(serialized, tf.string))
+    return _batches(ds, dataset_config, batch_size=batch_size, training=False, seed=0, vocab=vocab, inputs=inputs,
+                    kind="example", labels=labels)
+
+
+def _batches(ds, dataset_config, *, batch_size: int, training: bool, seed: int, vocab: list[str],
+             inputs: tuple[str, ...], kind: str, labels: bool):
+    """Serialised records -> batches (``make_dataset``)."""
+    import tensorflow as tf
     ds = ds.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(make_preprocess_fn(dataset_config, vocab, inputs, kind, labels), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)

@@ -54,7 +54,7 @@ metrics; metrics.X`` works as it did when this was one module.
 
 
 from jvmr.metrics.evaluation import (evaluate_candidates, evaluate_split, evaluate_windows, flat_metrics,
-                                     primary_metric_key, tvr_desc_types, tvr_type_headlines)
+                                     primary_metric_key, rank_candidates, tvr_desc_types, tvr_type_headlines)
 from jvmr.metrics.io import (_tvr_desc_id, format_metrics_table, write_ground_truth_jsonl, write_predictions_jsonl,
                              write_tvr_files)
 from jvmr.metrics.moment_detr import (batched_detection_average_precision, detection_average_precision,
@@ -89,7 +89,7 @@ __all__ = [
     "evaluate_tvr", "evaluate_tvr_task", "tvr_correct", "tvr_temporal_iou",
     # evaluation
     "evaluate_candidates", "evaluate_split", "evaluate_windows", "flat_metrics", "primary_metric_key",
-    "tvr_desc_types", "tvr_type_headlines",
+    "rank_candidates", "tvr_desc_types", "tvr_type_headlines",
     # io
     "_tvr_desc_id", "format_metrics_table", "write_ground_truth_jsonl", "write_predictions_jsonl",
     "write_tvr_files",

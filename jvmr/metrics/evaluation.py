@@ -18,7 +18,7 @@ import numpy as np
 from jvmr.metrics.moment_detr import moment_detr_result
 from jvmr.metrics.protocols import TVR_DESC_TYPES, TVR_TASK_TYPES, Protocol, get_protocol
 from jvmr.metrics.recall import EvaluationResult, _check_gt, evaluate_predictions, recall_at_k, recall_key
-from jvmr.metrics.spans import _rank_by_score, pad_rows, pad_spans
+from jvmr.metrics.spans import _rank_by_score, batched_temporal_nms, pad_rows, pad_spans
 from jvmr.metrics.tvr import _tvr_svmr_result
 
 
@@ -75,6 +75,26 @@ def evaluate_candidates(protocol: str | Protocol, cand_spans: np.ndarray, cand_s
         metrics = _tvr_svmr_result(spans, valid, gt_spans, gt_valid, protocol, desc_types)
     return metrics, EvaluationResult(metrics, spans, np.where(valid, scores, -np.inf), valid,
                                      np.where(valid, order, -1))
+
+
+def rank_candidates(protocol: str | Protocol, cand_spans: np.ndarray, cand_scores: np.ndarray,
+                    k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``k`` of each query's candidates as ``protocol`` ranks them for scoring (no ground truth):
+    a ``'flat'`` protocol's NMS / top-k, else the candidates by score (``evaluate_candidates``'s ranking).
+
+    Args: cand_spans [Q, N, 2]; cand_scores [Q, N] (``-inf`` = impossible). Returns spans [Q, k, 2],
+    scores [Q, k] (``-inf`` in empty slots) and valid [Q, k] (a prefix of True per query)."""
+    protocol = get_protocol(protocol)
+    spans = np.asarray(cand_spans, np.float64)
+    scores = np.asarray(cand_scores, np.float64)
+    valid = ~np.isneginf(scores)
+    if protocol.output == "flat":
+        if protocol.tie_break == "later":  # as evaluate_candidates: NMS breaks ties by index, earlier first
+            spans, scores, valid = spans[:, ::-1], scores[:, ::-1], valid[:, ::-1]
+        kept = batched_temporal_nms(spans, scores, protocol.nms_threshold, k, valid)
+        return kept.spans, kept.scores, kept.valid
+    spans, scores, valid, _ = _rank_by_score(spans, scores, valid, protocol.tie_break)
+    return spans[:, :k], np.where(valid, scores, -np.inf)[:, :k], valid[:, :k]
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

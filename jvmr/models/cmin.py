@@ -113,6 +113,9 @@ class BilinearFusion(nn.Module):
             return jnp.einsum("...i,kij,...j->...k", x, kernel, y, optimize="optimal")
 
         lead = x.shape[:-1]
+        if self.chunk_rows > 0 and lead and jax.export.is_symbolic_dim(lead[0]):
+            # A symbolic batch (jax.export): the rows of every example in chunks, all examples at once.
+            return jax.nn.relu(self._chunk_each_example(contract, kernel, x, y) + bias)
         rows = math.prod(lead)
         if self.chunk_rows <= 0 or rows <= self.chunk_rows:
             return jax.nn.relu(contract(kernel, x, y) + bias)
@@ -128,6 +131,23 @@ class BilinearFusion(nn.Module):
         _, out = jax.lax.scan(lambda _, xy: (None, remat(kernel, *xy)), None, (split(x), split(y)))
         out = out.reshape(chunks * size, self.features)[:rows].reshape(lead + (self.features,))
         return jax.nn.relu(out + bias)
+
+    def _chunk_each_example(self, contract, kernel: Array, x: Array, y: Array) -> Array:
+        """contract(kernel, x, y) with x [B, ..., Dx] of a symbolic B: the static rows of each example in
+        equal chunks of at most ``chunk_rows``, every chunk over the whole batch. Returns [B, ..., features]."""
+        lead = x.shape[:-1]
+        rows = math.prod(lead[1:])
+        chunks = -(-rows // self.chunk_rows)
+        size = -(-rows // chunks)
+        pad = chunks * size - rows
+
+        def split(z: Array) -> Array:  # [B, ..., D] -> [chunks, B, size, D]
+            z = jnp.pad(z.reshape(lead[0], rows, z.shape[-1]), ((0, 0), (0, pad), (0, 0)))
+            return jnp.moveaxis(z.reshape(lead[0], chunks, size, z.shape[-1]), 1, 0)
+
+        _, out = jax.lax.scan(lambda _, xy: (None, contract(kernel, *xy)), None, (split(x), split(y)))
+        out = jnp.moveaxis(out, 0, 1).reshape(lead[0], chunks * size, self.features)[:, :rows]
+        return out.reshape(lead + (self.features,))
 
 
 class LowRankBilinearFusion(nn.Module):
