@@ -66,8 +66,9 @@ def example_batch(run: dict[str, Any], batch_size: int = 2) -> dict[str, np.ndar
     return pipeline.device_batch(batch)
 
 
-def _functions(run: dict[str, Any]) -> dict[str, Any]:
-    """The functions an artifact holds: name -> f(params, batch)."""
+def run_functions(run: dict[str, Any]) -> dict[str, Any]:
+    """The inference functions of a loaded run (``search.load_run``), as an artifact holds them:
+    name -> f(params, batch); ``predict`` for every model, the two encoders for a corpus model."""
     model = run["model"]
     spec = registry.get_model_spec(run["config"].model.name)
 
@@ -100,13 +101,12 @@ def export_run(workdir: str, output: str, step: int | None = None,
     params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run["params"])
     fs.makedirs(output)
     functions = {}
-    for name, fn in _functions(run).items():
+    for name, fn in run_functions(run).items():
         exported = jax.export.export(jax.jit(fn), platforms=platforms)(params_spec, batch_spec)
         with open(os.path.join(output, f"{name}.jax"), "wb") as f:
             f.write(exported.serialize())
-        functions[name] = {"file": f"{name}.jax", "inputs": _input_spec(batch),
-                           "outputs": jax.tree.map(lambda a: {"shape": [str(d) for d in a.shape], "dtype": str(a.dtype)},
-                                                   exported.out_avals)}
+        outputs = [{"shape": [str(d) for d in a.shape], "dtype": str(a.dtype)} for a in exported.out_avals]
+        functions[name] = {"file": f"{name}.jax", "inputs": _input_spec(batch), "outputs": outputs}
     with open(os.path.join(output, "params.msgpack"), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, run["params"])))
     shutil.copyfile(os.path.join(run["data_dir"], "vocab.txt"), os.path.join(output, "vocab.txt"))

@@ -88,11 +88,11 @@ def read_videos(path: str, vids: Sequence[str] = (), key: str | None = None) -> 
             if missing:
                 raise PredictError(f"{path}: no features for video(s) {missing} ({len(store)} videos there)")
             return {v: store.get(v) for v in wanted}
+    except PredictError:
+        raise
     except features_lib.FeatureError as e:
         raise PredictError(str(e)) from e
     except (OSError, ValueError) as e:
-        if isinstance(e, PredictError):
-            raise
         raise PredictError(f"{path}: cannot read features: {e}") from e
 
 
@@ -119,9 +119,8 @@ class Predictor:
             run = search.load_run(workdir, step)
             config, self.vocab_list, self.params = run["config"], run["vocab"], run["params"]
             data_parser, source = search.data_parser(run["data_dir"]), workdir
-            model, spec = run["model"], registry.get_model_spec(config.model.name)
-            self._forward = jax.jit(lambda params, batch: spec.predict_fn(
-                model.apply({"params": params}, batch, train=False), batch))
+            from jvmr import export
+            self._forward = jax.jit(export.run_functions(run)["predict"])
         self.config = config
         self.inputs = registry.get_model_spec(config.model.name).inputs(config.model)
         if "query_features" in self.inputs:
@@ -160,7 +159,10 @@ class Predictor:
         if feats.shape[0] > int(ds.max_video_len):
             logging.info("video %r: %d clips, mean-pooled to the model's %d-clip grid", vid, feats.shape[0],
                          int(ds.max_video_len))
-        if "subtitles" in self.inputs:
+        if "subtitles" not in self.inputs:
+            if subtitles is not None:
+                logging.warning("video %r: the model reads no subtitle stream; its subtitle features are not used", vid)
+        else:
             if subtitles is None:
                 raise PredictError(f"video {vid!r}: the model reads a subtitle stream too; give its features "
                                    f"(--subtitles)")
@@ -196,9 +198,10 @@ class Predictor:
         for vid, feats in videos.items():
             try:
                 feats = features_lib.check_features(feats, "<array>", vid)
+                sub = (None if subtitles is None or vid not in subtitles
+                       else features_lib.check_features(subtitles[vid], "<subtitle array>", vid))
             except features_lib.FeatureError as e:
                 raise PredictError(str(e)) from e
-            sub = None if subtitles is None or vid not in subtitles else np.asarray(subtitles[vid], np.float32)
             self._check_video(vid, feats, sub)
             seconds = float(duration) if duration is not None else feats.shape[0] * float(clip_seconds)
             for i, (sentence, p) in enumerate(zip(queries, parsed)):
@@ -244,8 +247,8 @@ def predict(workdir: str | None, features: str | Mapping[str, np.ndarray] | np.n
         videos = {"video": features}
     else:
         videos = dict(features)
-    return Predictor(workdir, step, exported=exported).predict(videos, queries, duration=duration, clip_seconds=clip_seconds, k=k,
-                                            subtitles=subtitles)
+    predictor = Predictor(workdir, step, exported=exported)
+    return predictor.predict(videos, queries, duration=duration, clip_seconds=clip_seconds, k=k, subtitles=subtitles)
 
 
 def format_table(predictions: Iterable[Prediction]) -> str:
@@ -269,12 +272,13 @@ def main(argv):
         raise app.UsageError("give --workdir (a trained run) or --exported (an artifact of jvmr.export), --features "
                              "and --query (or --query_file)")
     try:
-        subtitles = read_videos(FLAGS.subtitles, FLAGS.vid, FLAGS.feature_key) if FLAGS.subtitles else None
-        predictions = predict(FLAGS.workdir or None, FLAGS.features, queries, exported=FLAGS.exported or None, duration=FLAGS.duration or None,
-                              clip_seconds=FLAGS.clip_seconds or None, k=FLAGS.k,
+        key = FLAGS.feature_key or None
+        subtitles = read_videos(FLAGS.subtitles, FLAGS.vid, key) if FLAGS.subtitles else None
+        predictions = predict(FLAGS.workdir or None, FLAGS.features, queries, exported=FLAGS.exported or None,
+                              duration=FLAGS.duration or None, clip_seconds=FLAGS.clip_seconds or None, k=FLAGS.k,
                               step=None if FLAGS.step < 0 else FLAGS.step, vids=FLAGS.vid,
-                              feature_key=FLAGS.feature_key or None, subtitles=subtitles)
-    except (PredictError, FileNotFoundError) as e:
+                              feature_key=key, subtitles=subtitles)
+    except (ValueError, FileNotFoundError) as e:  # PredictError, and an artifact of another version
         sys.exit(f"error: {e}")
     print(format_table(predictions))
     if FLAGS.output:

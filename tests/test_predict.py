@@ -70,6 +70,9 @@ def test_every_model_predicts_on_a_fabricated_video(runs, name, tmp_path):
         subtitles = {"my_video": rng.normal(size=(23, config["feature_dims"]["subtitle"])).astype(np.float32)}
         with pytest.raises(predict.PredictError, match="subtitle stream"):
             predict.predict(workdir, str(path), "a person opens the door", clip_seconds=0.5)
+        bad = {"my_video": np.full_like(subtitles["my_video"], np.nan)}
+        with pytest.raises(predict.PredictError, match=r"<subtitle array>: video 'my_video': NaN or Inf"):
+            predict.predict(workdir, str(path), "a person opens the door", clip_seconds=0.5, subtitles=bad)
     out = predict.predict(workdir, str(path), ["a person opens the door", "someone walks away"], clip_seconds=0.5,
                           k=3, subtitles=subtitles)
     assert [(p.vid, p.query, p.duration) for p in out] == [
