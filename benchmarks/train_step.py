@@ -191,9 +191,10 @@ def measure(config) -> dict:
     if FLAGS.dot_ceiling:
         with stepper.context():
             ceiling = flops.standalone_ceiling(stepper.step_fn, state, device_batch)
-        extra = {"dot_ceiling_ms": ceiling["dot_ceiling_ms"],
+        extra = {"dot_ceiling_ms": round(ceiling["dot_ceiling_ms"], 2),
                  "ceiling_fraction": round(flops_per_step / (ceiling["dot_ceiling_ms"] / 1e3) / (gemm * 1e9), 4),
-                 "slowest_products": ceiling["products"][:8]}
+                 "slowest_products": [{**p, "total_ms": round(p["total_ms"], 2), "gflops": round(p["gflops"], 1)}
+                                      for p in ceiling["products"][:8]]}
     return {
         "model": config.model.name, "preset": config.dataset.name, "batch_size": batch_size,
         "dtype": config.compute_dtype, "compile_s": round(compile_s, 2), "step_ms": round(step_s * 1e3, 2),
