@@ -68,4 +68,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval.write_predictions = True
     # '' = the model's ('moment': each query in its own video; 'corpus': against the split's whole corpus).
     config.eval.evaluator = ""
+    # Examples of the first evaluation split drawn into TensorBoard (timelines/...) at each evaluation.
+    config.eval.num_timelines = 3
     return config

@@ -19,6 +19,7 @@ def _tiny_loop(config) -> None:
     config.max_checkpoints_to_keep = 2
     config.optimizer.warmup_steps = 2
     config.eval.batch_size = 16
+    config.eval.num_timelines = 0  # pictures cost seconds; tests/test_report.py turns them on
 
 
 def _tiny_world(synth, feature_dim: int = 16) -> None:

@@ -2,7 +2,7 @@ r"""Find the moments a sentence describes in one's own videos, with a trained ru
 
     python -m jvmr.predict --workdir=/tmp/cmin --features=VIDEO.npy --clip_seconds=1.0 \
         --query="a person opens the door" [--query="..." | --query_file=QUERIES.txt] [--k=5] \
-        [--output=predictions.jsonl]
+        [--output=predictions.jsonl] [--pictures=DIR]
     python -m jvmr.predict --exported=/tmp/cmin_export ...   # the artifact of python -m jvmr.export
 
 ``--features`` is one ``<vid>.npy`` file ([T, D] clip features), a folder of them, an HDF5
@@ -23,7 +23,9 @@ spans, and the run's evaluation protocol ranks them (its NMS, then top k).
 
 Prints a table of the top-k moments in seconds; ``--output`` writes JSONL rows in the
 moment_detr format (``qid``, ``query``, ``vid``, ``duration``, ``pred_relevant_windows``
-as ``[start, end, score]`` rows). ``predict(...)`` is the same from Python.
+as ``[start, end, score]`` rows); ``--pictures`` draws each query's timeline (the top-k spans over
+the model's per-clip evidence, ``jvmr.visualize``) and, for CMIN, its video-to-word attention.
+``predict(...)`` is the same from Python (``evidence=True``, then ``Prediction.timeline()``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from jvmr import fs, metrics, registry, search
+from jvmr import fs, metrics, registry, search, visualize
 from jvmr.data import features as features_lib
 from jvmr.data import parsing, pipeline, schema, text
 
@@ -63,6 +65,18 @@ class Prediction:
     vid: str
     duration: float
     moments: list[Moment]  # best first
+    # With predict(..., evidence=True): the model's per-clip evidence on the video's valid clips and the
+    # query words it read (jvmr.visualize.example_evidence); pictures via timeline().
+    evidence: dict[str, dict[str, np.ndarray]] | None = None
+    words: list[str] | None = None
+    ground_truth: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # seconds, when known
+
+    def timeline(self, title: str = "") -> visualize.Timeline:
+        """This prediction as a picture's content (``jvmr.visualize.timeline_png``)."""
+        return visualize.Timeline(self.query, self.vid, self.duration, [(m.start, m.end, m.score) for m in
+                                                                         self.moments],
+                                  ground_truth=list(self.ground_truth), evidence=self.evidence or {},
+                                  words=self.words or [], title=title)
 
     def to_json(self) -> dict[str, Any]:
         """The moment_detr prediction row."""
@@ -114,23 +128,22 @@ class Predictor:
             artifact = export.load(exported)
             config, self.vocab_list, self.params = artifact["config"], artifact["vocab"], artifact["params"]
             data_parser, source = artifact["meta"]["parser"], exported
-            self._forward = jax.jit(artifact["functions"]["predict"])
+            functions = artifact["functions"]
         else:
             run = search.load_run(workdir, step)
             config, self.vocab_list, self.params = run["config"], run["vocab"], run["params"]
             data_parser, source = search.data_parser(run["data_dir"]), workdir
             from jvmr import export
-            self._forward = jax.jit(export.run_functions(run)["predict"])
+            functions = export.run_functions(run)
+        self._forward = jax.jit(functions["predict"])
+        self._explain = jax.jit(functions["explain"]) if "explain" in functions else None
         self.config = config
         self.inputs = registry.get_model_spec(config.model.name).inputs(config.model)
-        if "query_features" in self.inputs:
-            raise PredictError(f"{source}: this model reads pre-extracted query token features (e.g. TVR's "
-                               f"RoBERTa tokens) instead of words; a sentence needs that feature extractor, "
-                               f"which jvmr does not ship")
         self.batch_size = int(batch_size or config.eval.batch_size)
         self.protocol = metrics.get_protocol(config.dataset.protocol or "jvmr")
         self.parser = parsing.QueryParser(data_parser, needs_tree="query_graph" in self.inputs)
         self.vocab = {w: i for i, w in enumerate(self.vocab_list)}
+        self.source = source
 
     # ------------------------------------------------------------------ inputs
 
@@ -174,7 +187,7 @@ class Predictor:
 
     def predict(self, videos: Mapping[str, np.ndarray], queries: Sequence[str], *, duration: float | None = None,
                 clip_seconds: float | None = None, k: int = 5,
-                subtitles: Mapping[str, np.ndarray] | None = None) -> list[Prediction]:
+                subtitles: Mapping[str, np.ndarray] | None = None, evidence: bool = False) -> list[Prediction]:
         """The top ``k`` moments of every query in every video (video-major order).
 
         Args:
@@ -183,6 +196,8 @@ class Predictor:
           duration / clip_seconds: each video's length in seconds, or the seconds one feature row covers
             (duration = T x clip_seconds); exactly one of them.
           subtitles: a subtitle stream [S, Ds] per video, for models that read one.
+          evidence: also return the model's per-clip evidence and the words it read with each prediction
+            (``Prediction.timeline()`` draws them; one forward pass either way).
         """
         if (duration is None) == (clip_seconds is None):
             raise PredictError("give the videos' duration in seconds or the seconds per feature row "
@@ -193,6 +208,10 @@ class Predictor:
             raise PredictError("no videos")
         if k < 1:
             raise PredictError(f"k must be >= 1, got {k}")
+        if "query_features" in self.inputs:
+            raise PredictError(f"{self.source}: this model reads pre-extracted query token features (e.g. TVR's "
+                               f"RoBERTa tokens) instead of words; a sentence needs that feature extractor, "
+                               f"which jvmr does not ship")
         parsed = self.parse(queries)
         examples = []
         for vid, feats in videos.items():
@@ -209,33 +228,59 @@ class Predictor:
                     qid=f"{vid}:{i}", vid=vid, duration=seconds, query=str(sentence), tokens=p.tokens,
                     dep_heads=p.heads, dep_labels=p.labels, gt_spans=np.zeros((0, 2), np.float32),
                     video_features=feats, query_type="", subtitle_features=sub))
-        return self._run(examples, k)
+        return self.predict_examples(examples, k, evidence)
 
-    def _run(self, examples: list[schema.Example], k: int) -> list[Prediction]:
+    def predict_examples(self, examples: Sequence[schema.Example], k: int = 5,
+                         evidence: bool = False) -> list[Prediction]:
+        """The top ``k`` moments of prepared examples (``jvmr.data.schema.Example``, e.g. a split's, whose
+        ground truth then comes along for pictures), in their order."""
+        if evidence and self._explain is None:
+            raise PredictError("this exported artifact has no explain function (exported by an older jvmr): "
+                               "export the run again, or predict from the run's workdir")
         batch_size = min(self.batch_size, 1 << (len(examples) - 1).bit_length())  # one compile per power of two
+        labelled = all(len(ex.gt_spans) for ex in examples)  # ground truth for pictures, when every one has it
         out = []
         for batch in pipeline.as_numpy(pipeline.examples_dataset(
-                examples, self.config.dataset, batch_size=batch_size, vocab=self.vocab_list, inputs=self.inputs)):
-            keep = batch["example_mask"] > 0
-            spans, scores = jax.device_get(self._forward(self.params, pipeline.device_batch(batch)))
-            # Seconds as the training loop's evaluation computes them (float32), so that NMS decides the same.
-            spans = np.asarray(spans)[keep] * batch["duration"][keep, None, None]
-            ranked_spans, ranked_scores, ranked_valid = metrics.rank_candidates(
-                self.protocol, spans, np.asarray(scores)[keep], k)
-            for row, (qid, vid, query, dur) in enumerate(zip(*(batch[key][keep] for key in
-                                                               ("qid", "vid", "query", "duration")))):
-                moments = [Moment(round(float(s), 2), round(float(e), 2), float(c)) for (s, e), c, v in
-                           zip(ranked_spans[row], ranked_scores[row], ranked_valid[row]) if v]
-                out.append(Prediction(qid.decode(), query.decode(), vid.decode(), round(float(dur), 3), moments))
+                list(examples), self.config.dataset, batch_size=batch_size, vocab=self.vocab_list,
+                inputs=self.inputs, labels=labelled)):
+            outputs = (self._explain if evidence else self._forward)(self.params, pipeline.device_batch(batch))
+            out.extend(batch_predictions(batch, *jax.device_get(outputs), protocol=self.protocol, k=k,
+                                         vocab=self.vocab_list))
         return out
+
+
+def batch_predictions(batch: Mapping[str, np.ndarray], spans: np.ndarray, scores: np.ndarray,
+                      evidence: Mapping[str, Any] | None = None, *, protocol: Any, k: int,
+                      vocab: Sequence[str] = ()) -> list[Prediction]:
+    """The real examples of a batch as ``Prediction``s: ``predict_fn``'s candidates (spans as fractions
+    [B, N, 2], scores [B, N]) in seconds, ranked by the evaluation ``protocol`` (its NMS, then top ``k``),
+    with the batch's ground truth and, when given, ``evidence`` (``evidence_fn``'s, for pictures)."""
+    keep = np.flatnonzero(batch["example_mask"] > 0)
+    # Seconds as the training loop's evaluation computes them (float32), so that NMS decides the same.
+    seconds = np.asarray(spans)[keep] * batch["duration"][keep, None, None]
+    ranked_spans, ranked_scores, ranked_valid = metrics.rank_candidates(protocol, seconds, np.asarray(scores)[keep], k)
+    out = []
+    for row, index in enumerate(keep):
+        moments = [Moment(round(float(s), 2), round(float(e), 2), float(c)) for (s, e), c, v in
+                   zip(ranked_spans[row], ranked_scores[row], ranked_valid[row]) if v]
+        prediction = Prediction(batch["qid"][index].decode(), batch["query"][index].decode(),
+                                batch["vid"][index].decode(), round(float(batch["duration"][index]), 3), moments)
+        if "gt_spans" in batch:
+            prediction.ground_truth = [(float(s), float(e)) for (s, e), m in
+                                       zip(batch["gt_spans"][index], batch["gt_spans_mask"][index]) if m > 0]
+        if evidence is not None:
+            prediction.evidence, prediction.words = visualize.example_evidence(evidence, batch, index, vocab)
+        out.append(prediction)
+    return out
 
 
 def predict(workdir: str | None, features: str | Mapping[str, np.ndarray] | np.ndarray,
             queries: str | Sequence[str], *, duration: float | None = None, clip_seconds: float | None = None,
             k: int = 5, step: int | None = None, vids: Sequence[str] = (), feature_key: str | None = None,
-            subtitles: Mapping[str, np.ndarray] | None = None, exported: str | None = None) -> list[Prediction]:
+            subtitles: Mapping[str, np.ndarray] | None = None, exported: str | None = None,
+            evidence: bool = False) -> list[Prediction]:
     """The top ``k`` moments of ``queries`` in ``features`` with the run in ``workdir`` (or the artifact
-    ``exported``).
+    ``exported``); ``evidence``: see ``Predictor.predict``.
 
     ``features``: a path (see the module docstring), {vid: [T, D]} or one [T, D] array (video id 'video').
     The command line's ``python -m jvmr.predict`` in one call (``Predictor`` keeps the run loaded)."""
@@ -248,7 +293,26 @@ def predict(workdir: str | None, features: str | Mapping[str, np.ndarray] | np.n
     else:
         videos = dict(features)
     predictor = Predictor(workdir, step, exported=exported)
-    return predictor.predict(videos, queries, duration=duration, clip_seconds=clip_seconds, k=k, subtitles=subtitles)
+    return predictor.predict(videos, queries, duration=duration, clip_seconds=clip_seconds, k=k, subtitles=subtitles,
+                             evidence=evidence)
+
+
+def write_pictures(predictions: Iterable[Prediction], directory: str) -> list[str]:
+    """For each prediction made with evidence, ``<vid>_q<i>.png`` (its timeline) and, for a model with
+    attention (CMIN), ``<vid>_q<i>_attention.png``; returns the paths written."""
+    fs.makedirs(directory)
+    paths = []
+    for p in predictions:
+        stem = os.path.join(directory, "".join(c if c.isalnum() or c in "-_." else "_" for c in p.vid)
+                            + "_q" + p.qid.rsplit(":", 1)[-1])
+        pictures = [(stem + ".png", visualize.timeline_png(p.timeline()))]
+        if (p.evidence or {}).get("attention"):
+            pictures.append((stem + "_attention.png", visualize.attention_png(p.timeline())))
+        for path, png in pictures:
+            with open(path, "wb") as f:
+                f.write(png)
+            paths.append(path)
+    return paths
 
 
 def format_table(predictions: Iterable[Prediction]) -> str:
@@ -277,10 +341,13 @@ def main(argv):
         predictions = predict(FLAGS.workdir or None, FLAGS.features, queries, exported=FLAGS.exported or None,
                               duration=FLAGS.duration or None, clip_seconds=FLAGS.clip_seconds or None, k=FLAGS.k,
                               step=None if FLAGS.step < 0 else FLAGS.step, vids=FLAGS.vid,
-                              feature_key=key, subtitles=subtitles)
+                              feature_key=key, subtitles=subtitles, evidence=bool(FLAGS.pictures))
     except (ValueError, FileNotFoundError) as e:  # PredictError, and an artifact of another version
         sys.exit(f"error: {e}")
     print(format_table(predictions))
+    if FLAGS.pictures:
+        paths = write_pictures(predictions, FLAGS.pictures)
+        print(f"{len(paths)} pictures in {FLAGS.pictures}")
     if FLAGS.output:
         fs.write_text_atomic(FLAGS.output, "".join(json.dumps(p.to_json()) + "\n" for p in predictions))
 
@@ -299,4 +366,5 @@ if __name__ == "__main__":
     flags.DEFINE_float("clip_seconds", 0.0, "Seconds per feature row: duration = rows x clip_seconds.")
     flags.DEFINE_integer("k", 5, "Moments per query.")
     flags.DEFINE_string("output", "", "Also write moment_detr JSONL rows here.")
+    flags.DEFINE_string("pictures", "", "Also draw each query's timeline (and CMIN's attention) as PNGs here.")
     app.run(main)

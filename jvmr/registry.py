@@ -8,6 +8,9 @@ loop needs:
   * ``predict_fn(outputs, batch) -> (spans [B, N, 2], scores [B, N])``, spans as a
     fraction of the video duration; the host turns them into seconds, applies the
     evaluation protocol (NMS, top-k) and computes recall;
+  * ``evidence_fn(outputs, batch) -> {"curves": {name: [B, T]}, "maps": {name: [B, T, T]},
+    "attention": {name: [B, T, L]}}`` (each block optional): what pictures of a prediction show
+    per clip of the model's grid (``jvmr.visualize``);
   * ``inputs(model_config) -> groups``: the optional batch groups the model reads
     (``jvmr.data.pipeline.INPUT_GROUPS``); the pipeline builds only those;
   * ``needs_labels(config) -> bool``: whether its training batches carry the ground-truth spans
@@ -35,17 +38,19 @@ class ModelSpec:
     module: type[nn.Module]
     loss_fn: Callable[..., Any]
     predict_fn: Callable[..., Any]
+    evidence_fn: Callable[..., Any]
     inputs: Callable[[ml_collections.ConfigDict], tuple[str, ...]] = lambda model_config: ()
     evaluator: str = "moment"
     needs_labels: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
 
 
 MODELS: dict[str, ModelSpec] = {
-    "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn, lambda model_config: ("query_graph",)),
-    "cimha": ModelSpec(cimha.CIMHA, cimha.loss_fn, cimha.predict_fn),
-    "reloclnet": ModelSpec(reloclnet.ReLoCLNet, reloclnet.loss_fn, reloclnet.predict_fn, reloclnet.model_inputs,
-                           evaluator="corpus"),
-    "ms2d": ModelSpec(ms2d.MS2D, ms2d.loss_fn, ms2d.predict_fn, ms2d.model_inputs, needs_labels=ms2d.needs_labels),
+    "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn, cmin.evidence_fn, lambda model_config: ("query_graph",)),
+    "cimha": ModelSpec(cimha.CIMHA, cimha.loss_fn, cimha.predict_fn, cimha.evidence_fn),
+    "reloclnet": ModelSpec(reloclnet.ReLoCLNet, reloclnet.loss_fn, reloclnet.predict_fn, reloclnet.evidence_fn,
+                           reloclnet.model_inputs, evaluator="corpus"),
+    "ms2d": ModelSpec(ms2d.MS2D, ms2d.loss_fn, ms2d.predict_fn, ms2d.evidence_fn, ms2d.model_inputs,
+                      needs_labels=ms2d.needs_labels),
 }
 
 
@@ -69,3 +74,16 @@ def create_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> nn
     data_kwargs = {"vocab_size": vocab_size, "num_dep_labels": text.NUM_DEPENDENCY_LABELS}
     kwargs.update({k: v for k, v in data_kwargs.items() if k in fields})
     return spec.module(**kwargs)
+
+
+def inference_functions(model: nn.Module, spec: ModelSpec) -> dict[str, Callable[..., Any]]:
+    """``predict(params, batch) -> (spans, scores)`` (``predict_fn`` on the deterministic forward pass) and
+    ``explain(params, batch) -> (spans, scores, evidence)`` (the same pass, with ``evidence_fn``'s)."""
+    def predict(params, batch):
+        return spec.predict_fn(model.apply({"params": params}, batch, train=False), batch)
+
+    def explain(params, batch):
+        outputs = model.apply({"params": params}, batch, train=False)
+        return (*spec.predict_fn(outputs, batch), spec.evidence_fn(outputs, batch))
+
+    return {"predict": predict, "explain": explain}

@@ -596,6 +596,19 @@ def write_predictions(directory: str, split: str, step: int, predictions: dict[s
 # ------------------------------------------------------------------------ main loop
 
 
+def log_timelines(writer, step: int, split: str, explain: Callable, params: Any, batch: dict[str, np.ndarray],
+                  vocab: list[str], protocol: str) -> int:
+    """TensorBoard images ``timelines/{split}/{i}``: each example of ``batch`` (a few rows of an evaluation
+    batch) drawn by ``jvmr.visualize`` (ground truth, top-5 moments, the model's per-clip evidence).
+    Returns the number drawn."""
+    from jvmr import predict, visualize
+    spans, scores, evidence = jax.device_get(explain(params, pipeline.device_batch(batch)))
+    drawn = predict.batch_predictions(batch, spans, scores, evidence, protocol=protocol, k=5, vocab=vocab)
+    for i, p in enumerate(drawn):
+        writer.image(f"timelines/{split}/{i}", visualize.timeline_image(p.timeline(f"step {step} · {p.qid}")), step)
+    return len(drawn)
+
+
 @jax.jit
 def all_finite(tree) -> jax.Array:
     """Whether every float leaf of ``tree`` is finite (a replicated scalar, readable on every process)."""
@@ -607,6 +620,9 @@ class _NoWriter:
     """The TensorBoard writer of processes other than 0 (only process 0 writes logs)."""
 
     def scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def image(self, *args, **kwargs) -> None:
         pass
 
     def flush(self) -> None:
@@ -692,6 +708,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
     last_eval: dict[str, dict[str, float]] = {}
     evaluator = config.eval.get("evaluator", "") or spec.evaluator
+    # A few examples of the first evaluation split drawn into TensorBoard at each evaluation (one process:
+    # the drawing reads the whole parameters).
+    num_timelines = int(config.eval.get("num_timelines", 0))
+    timeline_rows = ({k: v[:num_timelines] for k, v in first.items()}
+                     if num_timelines > 0 and jax.process_count() == 1 else None)
+    explain = jax.jit(registry.inference_functions(model, spec)["explain"])
     def run_eval(step: int) -> None:
         for split in config.dataset.eval_splits:
             if evaluator == "corpus":
@@ -703,6 +725,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                 raise ValueError(f"config.eval.evaluator must be 'moment' or 'corpus', got {evaluator!r}")
             last_eval[split] = result
             _log_eval(workdir, writer, step, split, config.dataset.protocol, result)
+            if split == config.dataset.eval_splits[0] and timeline_rows is not None:
+                try:
+                    with stepper.context():
+                        log_timelines(writer, step, split, explain, stepper.get_state(state).params,
+                                      timeline_rows, vocab, config.dataset.protocol)
+                except Exception as error:  # pictures never stop training
+                    logging.warning("No example timelines at step %d: %r", step, error)
             if config.eval.write_predictions and jax.process_index() == 0:
                 write = write_corpus_predictions if evaluator == "corpus" else write_predictions
                 write(os.path.join(workdir, "predictions"), split, step, predictions)

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import test as test_config
 from jvmr import export, predict, search, train
@@ -131,20 +132,26 @@ def test_command_line_prints_a_table_and_writes_moment_detr_rows(runs, tmp_path)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "jvmr.predict", f"--workdir={workdir}",
                            f"--features={tmp_path / 'clip.npy'}", "--clip_seconds=2", "--query=a person sits down",
-                           f"--query_file={queries}", "--k=2", f"--output={output}"],
+                           f"--query_file={queries}", "--k=2", f"--output={output}",
+                           f"--pictures={tmp_path / 'pictures'}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].split()[:4] == ["video", "rank", "start", "s"] and len(lines) == 1 + 3 * 2
+    assert lines[0].split()[:4] == ["video", "rank", "start", "s"] and len(lines) == 1 + 3 * 2 + 1
+    assert lines[-1] == f"3 pictures in {tmp_path / 'pictures'}"
+    assert sorted(os.listdir(tmp_path / "pictures")) == ["clip_q0.png", "clip_q1.png", "clip_q2.png"]
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["query"] for r in rows] == ["a person sits down", "a person opens the door", "someone walks away"]
     assert all(r["vid"] == "clip" and r["duration"] == 60.0 and len(r["pred_relevant_windows"]) == 2 for r in rows)
     # Exported (lowered for CPU, CUDA and TPU), the artifact predicts the same rows.
     artifact = tmp_path / "artifact"
-    proc = subprocess.run([sys.executable, "-m", "jvmr.export", f"--workdir={workdir}", f"--output={artifact}"],
+    proc = subprocess.run([sys.executable, "-m", "jvmr.export", f"--workdir={workdir}", f"--output={artifact}",
+                           "--saved_model", "--saved_model_batch_size=2"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["platforms"] == ["cpu", "cuda", "tpu"]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert printed["platforms"] == ["cpu", "cuda", "tpu"] and printed["saved_model"] == ["serving_default"]
+    _check_saved_model(workdir, str(artifact), 2)
     proc = subprocess.run([sys.executable, "-m", "jvmr.predict", f"--exported={artifact}",
                            f"--features={tmp_path / 'clip.npy'}", "--clip_seconds=2", "--query=a person sits down",
                            f"--query_file={queries}", "--k=2", f"--output={tmp_path / 'exported.jsonl'}"],
@@ -161,6 +168,75 @@ def test_command_line_prints_a_table_and_writes_moment_detr_rows(runs, tmp_path)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: give the videos' duration")
 
 
+EVIDENCE = {
+    "cmin": {"curves": ["anchor confidence (best width)"], "attention": ["video-to-word attention"]},
+    "cimha": {"curves": ["start probability", "end probability", "segment probability"]},
+    "reloclnet": {"curves": ["start probability", "end probability", "clip similarity"]},
+    "ms2d": {"maps": ["2D score map, stride 1", "2D score map, stride 2"]},
+}
+
+
+@pytest.mark.parametrize("name", test_config.MODELS)
+def test_every_model_draws_its_evidence(runs, name, tmp_path):
+    """With evidence, a prediction carries what the model saw on each clip of the video (the 23 clips fit
+    the grid, so one value per clip) and the words it read, and draws them."""
+    workdir = runs[name]
+    manifest = train.read_manifest(os.path.join(workdir, "data"))
+    rng = np.random.default_rng(5)
+    video = rng.normal(size=(23, manifest["feature_dim"])).astype(np.float32)
+    subtitles = ({"v": rng.normal(size=(23, manifest["feature_dims"]["subtitle"])).astype(np.float32)}
+                 if name == "reloclnet" else None)
+    (p,) = predict.predict(workdir, {"v": video}, "a person opens the door", clip_seconds=0.5, k=3,
+                           subtitles=subtitles, evidence=True)
+    assert p.words == ["a", "person", "opens", "the", "door"]
+    assert {kind: list(block) for kind, block in p.evidence.items()} == EVIDENCE[name]
+    clips = 16 if name == "ms2d" else 23  # MS-2D's grid is 16 clips: the video is pooled to it
+    for kind, block in p.evidence.items():
+        for values in block.values():
+            want = {"curves": (clips,), "maps": (clips, clips), "attention": (clips, len(p.words))}[kind]
+            assert values.shape == want
+            assert np.isfinite(values).any() and np.all(np.isfinite(values) | (kind == "maps"))
+    if name in ("cimha", "reloclnet"):
+        assert p.evidence["curves"]["start probability"].sum() == pytest.approx(1.0, rel=1e-5)
+    if name == "cmin":
+        np.testing.assert_allclose(p.evidence["attention"]["video-to-word attention"].sum(1), 1.0, rtol=1e-5)
+    paths = predict.write_pictures([p], str(tmp_path))
+    assert [os.path.basename(x) for x in paths] == ["v_q0.png"] + (["v_q0_attention.png"] if name == "cmin" else [])
+    for path in paths:
+        Image.open(path).verify()
+
+
+def _check_saved_model(workdir, artifact, batch_size):
+    """The artifact's SavedModel, loaded by TensorFlow, predicts (and encodes) as the run on random inputs."""
+    import tensorflow as tf
+    loaded = tf.saved_model.load(os.path.join(artifact, "saved_model"))
+    run = search.load_run(workdir)
+    batch = export.example_batch(run, batch_size=batch_size)
+    rng = np.random.default_rng(6)
+    batch["video_feats"] = rng.normal(size=batch["video_feats"].shape).astype(np.float32)
+    functions = export.run_functions(run)
+    with open(os.path.join(artifact, "export.json")) as f:
+        signatures = json.load(f)["saved_model"]["signatures"]
+    assert set(loaded.signatures) == set(signatures)
+    for name in signatures:
+        got = loaded.signatures[name](**{k: tf.constant(v) for k, v in batch.items()})
+        want = functions["predict" if name == "serving_default" else name](run["params"], batch)
+        if name == "serving_default":
+            want = dict(zip(("spans", "scores"), want))
+        assert set(got) == set(want)
+        for key in want:
+            np.testing.assert_allclose(got[key].numpy(), np.asarray(want[key]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_corpus_model_serves_from_a_saved_model(runs, tmp_path):
+    out = str(tmp_path / "artifact")
+    meta = export.export_run(runs["reloclnet"], out, saved_model_batch_size=3)
+    assert meta["saved_model"]["stablehlo_version"] == export.TF_STABLEHLO_VERSION
+    assert set(meta["saved_model"]["signatures"]) == {"serving_default", "encode_query", "encode_context"}
+    assert meta["saved_model"]["signatures"]["serving_default"]["inputs"]["video_feats"][0] == 3
+    _check_saved_model(runs["reloclnet"], out, 3)
+
+
 @pytest.mark.parametrize("name", test_config.MODELS)
 def test_exported_artifact_predicts_as_the_run(runs, name, tmp_path):
     """Each model's artifact (StableHLO with a symbolic batch) gives the in-process model's predictions on
@@ -168,7 +244,7 @@ def test_exported_artifact_predicts_as_the_run(runs, name, tmp_path):
     workdir = runs[name]
     out = str(tmp_path / "artifact")
     meta = export.export_run(workdir, out)
-    expected = {"predict"} | ({"encode_query", "encode_context"} if name == "reloclnet" else set())
+    expected = {"predict", "explain"} | ({"encode_query", "encode_context"} if name == "reloclnet" else set())
     assert set(meta["functions"]) == expected
     assert {"export.json", "params.msgpack", "vocab.txt", "config.json"} <= set(os.listdir(out))
     assert meta["functions"]["predict"]["inputs"]["video_feats"]["shape"][0] == "B"
@@ -189,6 +265,16 @@ def test_exported_artifact_predicts_as_the_run(runs, name, tmp_path):
                                        atol=0.006)
             np.testing.assert_allclose([m.score for m in a.moments], [m.score for m in b.moments], rtol=1e-4,
                                        atol=1e-6)
+    # The pictures' evidence comes out of the artifact's explain function as out of the run.
+    from_run = predict.Predictor(workdir).predict(videos, queries[:1], clip_seconds=0.5, subtitles=subtitles,
+                                                  evidence=True)
+    from_artifact = predict.Predictor(exported=out).predict(videos, queries[:1], clip_seconds=0.5,
+                                                            subtitles=subtitles, evidence=True)
+    for a, b in zip(from_run, from_artifact):
+        assert a.words == b.words and a.evidence.keys() == b.evidence.keys()
+        for kind, block in a.evidence.items():
+            for key, values in block.items():
+                np.testing.assert_allclose(b.evidence[kind][key], values, rtol=1e-4, atol=1e-5, equal_nan=True)
     if name == "cimha":  # not an artifact, or one of another version: refused, naming it
         with pytest.raises(FileNotFoundError, match="is not a jvmr export"):
             predict.Predictor(exported=str(tmp_path))

@@ -96,7 +96,8 @@ import jax.numpy as jnp
 from jvmr.models.layers import (BiLSTM, Dropout, FeedForward, LearnedPositionalEmbedding, MultiHeadAttention,
                                 WordEmbedding, constrain, dense, mask_fill, weighted_mean, masked_log_softmax,
                                 masked_softmax, sequence_lengths)
-from jvmr.models.spans import MASKED_SCORE, boundary_indices, decode_spans, segment_labels  # noqa: F401
+from jvmr.models.spans import (MASKED_SCORE, boundary_evidence, boundary_indices, decode_spans,  # noqa: F401
+                                segment_labels)
 
 Array = jax.Array
 
@@ -429,3 +430,14 @@ def predict_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None =
     (joint log-probabilities, ``MASKED_SCORE`` for impossible pairs); ``batch`` is unused."""
     del batch
     return outputs["candidate_spans"], outputs["candidate_scores"]
+
+
+def evidence_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None = None) -> dict[str, dict[str, Array]]:
+    """Per-clip ``curves`` [B, T] for pictures (``jvmr.visualize``): P_start, P_end and, with the
+    segmentation head, sigmoid(c^seg), the probability that a clip lies inside the moment."""
+    del batch
+    mask = outputs["video_mask"]
+    curves = boundary_evidence(outputs["start_logits"], outputs["end_logits"], mask)
+    if "segment_logits" in outputs:
+        curves["segment probability"] = jax.nn.sigmoid(outputs["segment_logits"]) * (mask > 0)
+    return {"curves": curves}

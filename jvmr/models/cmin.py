@@ -568,3 +568,13 @@ def predict_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None =
     scores = jnp.where(outputs["anchor_mask"] > 0, jax.nn.sigmoid(outputs["anchor_logits"]), MASKED_SCORE)
     b = spans.shape[0]
     return spans.reshape(b, -1, 2), scores.reshape(b, -1)
+
+
+def evidence_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None = None) -> dict[str, dict[str, Array]]:
+    """What a picture shows of a prediction (``jvmr.visualize``): ``curves`` {name: [B, T]} per clip, the
+    best anchor confidence centred on each clip (0 where no anchor fits), and ``attention``
+    {name: [B, T, L]}, the video-to-word attention M of the aggregation (the seed's qualitative figure)."""
+    del batch
+    confidence = jnp.max(jax.nn.sigmoid(outputs["anchor_logits"]) * outputs["anchor_mask"], axis=-1)
+    return {"curves": {"anchor confidence (best width)": confidence},
+            "attention": {"video-to-word attention": outputs["attention"]}}

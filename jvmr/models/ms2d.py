@@ -216,7 +216,7 @@ class MS2D(nn.Module):
         video_proj = nn.Dense(self.hidden_size, name="video_fusion")  # W^M (shared by the scales)
         out: dict[str, Array] = {"video_mask": vmask}
         b = vmask.shape[0]
-        logits, cell_masks, spans, fused_maps, video_maps, mismatched = [], [], [], [], [], []
+        logits, cell_masks, spans, fused_maps, video_maps, mismatched, score_maps = [], [], [], [], [], [], []
         for j, stride in enumerate(self.scales):
             seq, seq_mask = maps2d.pool_sequence(clips, vmask, stride)
             fmap, cell_mask = maps2d.moment_map(seq, seq_mask)  # [B, n, n, d], [B, n, n]
@@ -233,6 +233,7 @@ class MS2D(nn.Module):
 
             cell_logits, fused = score(text)
             logits.append(cell_logits)
+            score_maps.append((cell_logits.reshape(b, n, n), cell_mask))
             if self.mismatched_pairs:  # video i with query i + 1 (MIL negatives)
                 mismatched.append(score(jnp.roll(text, -1, axis=0))[0])
             cell_masks.append(cell_mask.reshape(b, n * n))
@@ -240,6 +241,8 @@ class MS2D(nn.Module):
             fused_maps.append(fused.reshape(b, n * n, -1))
             video_maps.append(video.reshape(b, n * n, -1))
         out["cell_logits"] = jnp.concatenate(logits, axis=1)  # [B, C] every cell of every scale
+        # Each scale's 2D map (x = start cell, y = end cell) and its mask, for pictures (evidence_fn).
+        out["score_maps"] = tuple(score_maps)
         if self.mismatched_pairs:
             out["mismatched_cell_logits"] = jnp.concatenate(mismatched, axis=1)  # [B, C]: query (i + 1) mod B
         out["cell_mask"] = jnp.concatenate(cell_masks, axis=1)
@@ -406,6 +409,20 @@ def predict_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None =
     (log p, ``MASKED_SCORE`` past the valid cells)."""
     del batch
     return outputs["candidate_spans"], outputs["candidate_scores"]
+
+
+def evidence_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None = None) -> dict[str, dict[str, Array]]:
+    """Each scale's 2D score map for pictures (``jvmr.visualize``): ``maps`` {name: [B, T, T]}, p = sigmoid
+    of the cell's logit at (start clip, end clip) of the clip grid (a cell of stride r covers r x r clip
+    pairs), NaN where the scale has no valid cell."""
+    del batch
+    t = outputs["video_mask"].shape[1]
+    maps = {}
+    for logits, mask in outputs["score_maps"]:
+        stride = t // logits.shape[1]
+        p = jnp.where(mask > 0, jax.nn.sigmoid(logits), jnp.nan)
+        maps[f"2D score map, stride {stride}"] = jnp.repeat(jnp.repeat(p, stride, axis=1), stride, axis=2)
+    return {"maps": maps}
 
 
 def needs_labels(config: Any) -> bool:

@@ -73,7 +73,7 @@ import jax.numpy as jnp
 from jvmr.models import layers
 from jvmr.models.layers import (FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, WordEmbedding,
                                 mask_fill, masked_log_softmax, masked_softmax, weighted_mean)
-from jvmr.models.spans import MASKED_SCORE, boundary_indices, decode_spans, segment_labels
+from jvmr.models.spans import MASKED_SCORE, boundary_evidence, boundary_indices, decode_spans, segment_labels
 
 Array = jax.Array
 
@@ -165,9 +165,13 @@ def localization_logits(local_query: Array, context: Array, context_mask: Array,
     zero in S, exactly like the convolution's own padding, so extra padding never
     changes valid logits; padded logits are returned as they are (mask them).
     """
-    sim = jnp.mean(jnp.einsum("bmd,bmtd->bmt", local_query, context), axis=1)  # [B, T]
-    sim = mask_fill(sim, context_mask)
+    sim = clip_similarity(local_query, context, context_mask)
     return localization_conv(sim, conv_start), localization_conv(sim, conv_end)
+
+
+def clip_similarity(local_query: Array, context: Array, context_mask: Array) -> Array:
+    """S [B, T] = mean_m H_m q'_m: each clip's similarity to the query (0 at padded clips)."""
+    return mask_fill(jnp.mean(jnp.einsum("bmd,bmtd->bmt", local_query, context), axis=1), context_mask)
 
 
 def localization_conv(sim: Array, kernel: Array) -> Array:
@@ -545,6 +549,17 @@ def predict_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None =
     scores [B, N] (log P_start + log P_end, ``MASKED_SCORE`` for impossible pairs)."""
     del batch
     return outputs["candidate_spans"], outputs["candidate_scores"]
+
+
+def evidence_fn(outputs: Mapping[str, Array], batch: Mapping[str, Array] | None = None) -> dict[str, dict[str, Array]]:
+    """Per-clip ``curves`` [B, T] for pictures (``jvmr.visualize``): the clip similarities S to the query
+    (the map both boundary convolutions read, and FrameCL's scores with the released reading) and
+    P_start, P_end."""
+    del batch
+    mask = outputs["video_mask"]
+    curves = {"clip similarity": clip_similarity(outputs["local_query"], outputs["context"], mask)}
+    curves.update(boundary_evidence(outputs["start_logits"], outputs["end_logits"], mask))
+    return {"curves": curves}
 
 
 def model_inputs(model_config: Any) -> tuple[str, ...]:

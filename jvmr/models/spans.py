@@ -74,6 +74,13 @@ def segment_labels(start: Array, end: Array, num_clips: int) -> Array:
     return ((t >= start[:, None]) & (t <= end[:, None])).astype(jnp.float32)
 
 
+def boundary_evidence(start_logits: Array, end_logits: Array, video_mask: Array) -> dict[str, Array]:
+    """The per-clip curves [B, T] behind :func:`decode_spans`: P_start and P_end (softmax over the valid
+    clips; 0 at padded clips), for pictures (``evidence_fn``)."""
+    return {"start probability": jnp.exp(masked_log_softmax(start_logits, video_mask)) * (video_mask > 0),
+            "end probability": jnp.exp(masked_log_softmax(end_logits, video_mask)) * (video_mask > 0)}
+
+
 def decode_spans(
     start_logits: Array,
     end_logits: Array,
