@@ -45,7 +45,8 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn, cmin.evidence_fn, lambda model_config: ("query_graph",)),
+    "cmin": ModelSpec(cmin.CMIN, cmin.loss_fn, cmin.predict_fn, cmin.evidence_fn,
+                      lambda model_config: ("query_graph",)),
     "cimha": ModelSpec(cimha.CIMHA, cimha.loss_fn, cimha.predict_fn, cimha.evidence_fn),
     "reloclnet": ModelSpec(reloclnet.ReLoCLNet, reloclnet.loss_fn, reloclnet.predict_fn, reloclnet.evidence_fn,
                            reloclnet.model_inputs, evaluator="corpus"),

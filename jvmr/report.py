@@ -76,7 +76,8 @@ def _predicted_windows(directory: str, split: str, step: int) -> tuple[dict[str,
     moment_path = os.path.join(directory, f"{split}_step{step}.jsonl")
     corpus_path = os.path.join(directory, f"{split}_step{step}_tvr.json")
     if os.path.exists(moment_path):
-        return {str(r["qid"]): [tuple(w) for w in r["pred_relevant_windows"]] for r in _read_json_lines(moment_path)}, None
+        rows = _read_json_lines(moment_path)
+        return {str(r["qid"]): [tuple(w) for w in r["pred_relevant_windows"]] for r in rows}, None
     if os.path.exists(corpus_path):
         with open(corpus_path, encoding="utf-8") as f:
             submission = json.load(f)

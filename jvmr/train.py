@@ -17,6 +17,8 @@ import copy
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -641,6 +643,35 @@ def _log_eval(workdir: str, writer, step: int, split: str, protocol: str, result
     logging.info("[step %d] %s (protocol %s):\n%s", step, split, protocol, metrics_lib.format_metrics_table(result))
 
 
+class Preemption:
+    """A preemption notice, acted on at the next step boundary (checkpoint, then a clean return).
+
+    One process: SIGTERM (what schedulers send before evicting a job) sets a flag. Several processes:
+    jax's preemption service, through ``CheckpointManager.reached_preemption``, which makes every process
+    agree on the step (a flag set on one host alone would make the others wait in the save forever)."""
+
+    def __init__(self):
+        self.signalled = False
+        self._previous = None
+
+    def __enter__(self):
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        del frame
+        logging.warning("Signal %d: checkpointing at the end of this step, then stopping", signum)
+        self.signalled = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def reached(self, manager: ocp.CheckpointManager, step: int) -> bool:
+        return self.signalled or manager.reached_preemption(step)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainState, dict[str, dict[str, float]]]:
     """Trains ``config.model.name`` on ``config.dataset`` and evaluates it; resumes from ``workdir``.
 
@@ -698,12 +729,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                                      f"checkpoint: step {manager.latest_step()}")
         manager.save(step, args=ocp.args.StandardSave(single))
 
-    # The shuffle seed depends on the start step so a resumed run does not replay the same batches.
+    # The order of the training batches depends on the seed alone; a resumed run skips the batches of the
+    # steps done, so it sees what an uninterrupted run sees (parameters and RNGs come from the checkpoint).
     train_ds = pipeline.make_dataset(data_dir, config.dataset.train_split, config.dataset,
-                                     batch_size=per_host_batch, training=True, seed=config.seed + start_step,
+                                     batch_size=per_host_batch, training=True, seed=config.seed,
                                      vocab=vocab, shard_index=jax.process_index(),
                                      num_shards=jax.process_count(), inputs=inputs,
-                                     labels=spec.needs_labels(config))
+                                     labels=spec.needs_labels(config), start_batch=start_step)
     train_iter = pipeline.as_numpy(train_ds)
 
     last_eval: dict[str, dict[str, float]] = {}
@@ -739,48 +771,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     step = start_step
     accumulated: list[dict[str, jax.Array]] = []
     t0, steps_since = time.time(), 0
-    try:
-        while step < config.num_train_steps:
-            batch = next(train_iter)
-            state, step_metrics = stepper.train(state, batch)
-            accumulated.append(step_metrics)
-            step += 1
-            steps_since += 1
-            if step == start_step + 1:
-                logging.info("First step done (compiled) in %.1fs", time.time() - t0)
-            if step % config.log_every_steps == 0 or step == config.num_train_steps:
-                summary = {k: float(np.mean([m[k] for m in jax.device_get(accumulated)])) for k in accumulated[0]}
-                accumulated = []
-                if not np.isfinite(summary["loss"]):
-                    raise FloatingPointError(f"loss is {summary['loss']} at step {step}; last good "
-                                             f"checkpoint: step {manager.latest_step()}")
-                rate = steps_since / max(time.time() - t0, 1e-9)
-                t0, steps_since = time.time(), 0
-                eta = (config.num_train_steps - step) / max(rate, 1e-9)
-                logging.info("[step %d/%d] %s | %.1f steps/s, ETA %.0fs", step, config.num_train_steps,
-                             " ".join(f"{k}={v:.4f}" for k, v in summary.items()), rate, eta)
-                for k, v in summary.items():
-                    writer.scalar(f"train/{k}", v, step)
-                if jax.process_index() == 0:
-                    fs.append_line(os.path.join(workdir, "train_metrics.jsonl"),
-                                   json.dumps({"step": step, **summary, "steps_per_sec": rate}))
-            if step % config.checkpoint_every_steps == 0:
-                save(step, state)
-            if step % config.eval_every_steps == 0 and step != config.num_train_steps:
-                run_eval(step)
-                t0, steps_since = time.time(), 0
-        save(step, state)
-        run_eval(step)
-    except FloatingPointError:
-        raise  # The state is not finite: keep the last good checkpoint.
-    except BaseException as error:  # Interrupts, data errors, ...: keep the work done so far.
-        logging.warning("Stopped at step %d by %r: saving a checkpoint first", step, error)
+    with Preemption() as preemption:
         try:
+            while step < config.num_train_steps:
+                batch = next(train_iter)
+                state, step_metrics = stepper.train(state, batch)
+                accumulated.append(step_metrics)
+                step += 1
+                steps_since += 1
+                if step == start_step + 1:
+                    logging.info("First step done (compiled) in %.1fs", time.time() - t0)
+                if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                    fetched = jax.device_get(accumulated)
+                    summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                    accumulated = []
+                    if not np.isfinite(summary["loss"]):
+                        raise FloatingPointError(f"loss is {summary['loss']} at step {step}; last good "
+                                                 f"checkpoint: step {manager.latest_step()}")
+                    rate = steps_since / max(time.time() - t0, 1e-9)
+                    t0, steps_since = time.time(), 0
+                    eta = (config.num_train_steps - step) / max(rate, 1e-9)
+                    logging.info("[step %d/%d] %s | %.1f steps/s, ETA %.0fs", step, config.num_train_steps,
+                                 " ".join(f"{k}={v:.4f}" for k, v in summary.items()), rate, eta)
+                    for k, v in summary.items():
+                        writer.scalar(f"train/{k}", v, step)
+                    if jax.process_index() == 0:
+                        fs.append_line(os.path.join(workdir, "train_metrics.jsonl"),
+                                       json.dumps({"step": step, **summary, "steps_per_sec": rate}))
+                if step % config.checkpoint_every_steps == 0:
+                    save(step, state)
+                if step % config.eval_every_steps == 0 and step != config.num_train_steps:
+                    run_eval(step)
+                    t0, steps_since = time.time(), 0
+                if preemption.reached(manager, step):
+                    save(step, state)
+                    logging.warning("Preempted at step %d: checkpoint saved; the same command resumes from it", step)
+                    return stepper.get_state(state), last_eval
             save(step, state)
-        except Exception as save_error:  # e.g. the state was donated to the failed step.
-            logging.error("Could not save a checkpoint at step %d: %r", step, save_error)
-        raise
-    finally:
-        manager.wait_until_finished()
-        writer.flush()
+            run_eval(step)
+        except FloatingPointError:
+            raise  # The state is not finite: keep the last good checkpoint.
+        except BaseException as error:  # Interrupts, data errors, ...: keep the work done so far.
+            if jax.process_count() > 1:
+                # A save is collective: with one process failing alone the others would never join it.
+                logging.warning("Stopped at step %d by %r; the last checkpoint is step %s", step, error,
+                                manager.latest_step())
+                raise
+            logging.warning("Stopped at step %d by %r: saving a checkpoint first", step, error)
+            try:
+                save(step, state)
+            except Exception as save_error:  # e.g. the state was donated to the failed step.
+                logging.error("Could not save a checkpoint at step %d: %r", step, save_error)
+            raise
+        finally:
+            manager.wait_until_finished()
+            writer.flush()
     return stepper.get_state(state), last_eval

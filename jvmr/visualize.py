@@ -51,7 +51,8 @@ def example_evidence(evidence: Mapping[str, Mapping[str, Any]], batch: Mapping[s
     and words, and the words of its query (the vocabulary's, as the model read them)."""
     clips = int(np.sum(np.asarray(batch["video_mask"][row]) > 0))
     length = int(np.sum(np.asarray(batch["query_mask"][row]) > 0))
-    words = [vocab[int(i)] if 0 <= int(i) < len(vocab) else "?" for i in np.asarray(batch["query_tokens"][row])[:length]]
+    ids = np.asarray(batch["query_tokens"][row])[:length]
+    words = [vocab[int(i)] if 0 <= int(i) < len(vocab) else "?" for i in ids]
     out: dict[str, dict[str, np.ndarray]] = {}
     for kind, block in evidence.items():
         cut = {"curves": lambda a: a[:clips], "maps": lambda a: a[:clips, :clips],

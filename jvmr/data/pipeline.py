@@ -269,14 +269,17 @@ def load_vocabulary(data_dir: str) -> list[str]:
 
 def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, training: bool,
                  seed: int = 0, vocab: list[str] | None = None, shard_index: int = 0,
-                 num_shards: int = 1, inputs: tuple[str, ...] = (), kind: str = "example", labels: bool = True):
+                 num_shards: int = 1, inputs: tuple[str, ...] = (), kind: str = "example", labels: bool = True,
+                 start_batch: int = 0):
     """Builds the tf.data pipeline of one split, with the optional ``inputs`` groups.
 
     ``kind`` picks the records (``jvmr.data.schema.record_set``): 'example' (a labelled
     split), or a query-only split's 'query' or 'video' (corpus) records, with only
     their keys (``make_preprocess_fn``); ``labels=False``: without the ground-truth keys.
 
-    Training: parse -> preprocess -> cache -> shuffle -> repeat -> batch (drop remainder) -> prefetch.
+    Training: parse -> preprocess -> cache -> shuffle -> repeat -> batch (drop remainder) -> prefetch. The
+    order is a function of ``seed`` alone; ``start_batch`` skips the first batches of it, so a run resumed
+    at step s with ``start_batch=s`` sees exactly the batches an uninterrupted run sees from step s.
     Evaluation: one pass in file order; the last batch is padded with examples whose
     ``example_mask`` is 0, so every batch has the same static shape.
     ``shard_index`` / ``num_shards`` split the examples between hosts.
@@ -288,7 +291,7 @@ def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, 
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
     return _batches(ds, dataset_config, batch_size=batch_size, training=training, seed=seed, vocab=vocab,
-                    inputs=inputs, kind=kind, labels=labels)
+                    inputs=inputs, kind=kind, labels=labels, start_batch=start_batch)
 
 
 def examples_dataset(examples, dataset_config, *, batch_size: int, vocab: list[str], inputs: tuple[str, ...] = (),
@@ -305,7 +308,7 @@ def examples_dataset(examples, dataset_config, *, batch_size: int, vocab: list[s
 
 
 def _batches(ds, dataset_config, *, batch_size: int, training: bool, seed: int, vocab: list[str],
-             inputs: tuple[str, ...], kind: str, labels: bool):
+             inputs: tuple[str, ...], kind: str, labels: bool, start_batch: int = 0):
     """Serialised records -> batches (``make_dataset``)."""
     import tensorflow as tf
     ds = ds.map(schema.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -316,6 +319,8 @@ def _batches(ds, dataset_config, *, batch_size: int, training: bool, seed: int, 
         ds = ds.shuffle(int(dataset_config.get("shuffle_buffer", 10_000)), seed=seed,
                         reshuffle_each_iteration=True)
         ds = ds.repeat()
+        if start_batch:  # examples, not batches: skipping skips no batch assembly (the stream is endless)
+            ds = ds.skip(int(start_batch) * batch_size)
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
         ds = ds.batch(batch_size).map(_pad_batch(batch_size))
