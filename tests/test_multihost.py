@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from reference import simulated_devices_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +102,10 @@ def test_two_processes_train_checkpoint_resume_and_agree_with_one(tmp_path):
     assert single[0]["processes"] == 1 and single[0]["step"] == 6
     metrics, reference = resumed[0]["metrics"], single[0]["metrics"]
     assert metrics.keys() == reference.keys()
-    assert all(abs(metrics[k] - reference[k]) < 1e-6 for k in metrics), (metrics, reference)
+    # The forward pass is laid out differently (2 hosts x 4 devices against 1 x 8), so float32 sums run in
+    # another order: counts (R@k) agree exactly, mIoU to float32 precision.
+    assert {k: v for k, v in metrics.items() if k != "mIoU"} == {k: v for k, v in reference.items() if k != "mIoU"}
+    assert metrics["mIoU"] == pytest.approx(reference["mIoU"], rel=1e-6)
     with open(tmp_path / "run" / "eval_metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert [(r["step"], r["split"]) for r in rows] == [(4, "val"), (6, "val"), (6, "val")]
