@@ -17,6 +17,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 500
     config.checkpoint_every_steps = 500
     config.max_checkpoints_to_keep = 3
+    # An update with a non-finite gradient is skipped on device; this many in a row stop the run.
+    config.max_nonfinite_updates = 10
     # 'jit': one jitted step over a (data x model) device mesh (jvmr.sharding); 'pmap': jax.pmap over the
     # local devices with replicated state.
     config.parallelism = "jit"

@@ -198,7 +198,8 @@ def create_learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_step
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """'adam' (+ an L2 term added to the gradient, torch.optim.Adam) or 'adamw' (decoupled decay
     p -= lr * weight_decay * p, fairseq's Adam); with ``model.freeze_embeddings`` the word table
-    (``params['word_embed']``) gets no update at all, weight decay included."""
+    (``params['word_embed']``) gets no update at all, weight decay included. Wrapped in
+    ``optax.apply_if_finite``: an update with a non-finite gradient is skipped and counted."""
     opt = config.optimizer
     schedule = create_learning_rate_schedule(opt, config.num_train_steps)
     parts = []
@@ -222,7 +223,10 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
             return {k: jax.tree.map(lambda _: "frozen" if k == "word_embed" else "train", v)
                     for k, v in params.items()}
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    return tx
+    # A non-finite gradient skips the update on device (parameters and moments unchanged) and is counted
+    # (ApplyIfFiniteState); the loop reads the counters when it logs and stops after
+    # config.max_nonfinite_updates in a row, so the limit here is never reached.
+    return optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
 
 
 def state_initializer(config: ml_collections.ConfigDict, model, example_batch: dict[str, np.ndarray]
@@ -358,7 +362,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: Calla
         grads = jax.lax.pmean(grads, axis_name)
         step_metrics = jax.lax.pmean(step_metrics, axis_name)
     step_metrics = dict(step_metrics, grad_norm=optax.tree.norm(grads))
-    return state.apply_gradients(grads=grads), step_metrics
+    state = state.apply_gradients(grads=grads)
+    if isinstance(state.opt_state, optax.ApplyIfFiniteState):
+        step_metrics["update_skipped"] = 1.0 - state.opt_state.last_finite.astype(jnp.float32)
+        step_metrics["skipped_in_a_row"] = state.opt_state.notfinite_count.astype(jnp.float32)
+    return state, step_metrics
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, predict_fn: Callable,
@@ -643,6 +651,95 @@ def _log_eval(workdir: str, writer, step: int, split: str, protocol: str, result
     logging.info("[step %d] %s (protocol %s):\n%s", step, split, protocol, metrics_lib.format_metrics_table(result))
 
 
+def restore_latest(manager: ocp.CheckpointManager, ckpt_dir: str, target: Any) -> tuple[int, Any] | None:
+    """(step, state) of the newest checkpoint that reads back into ``target``'s structure, or None when there
+    is none (orbax never lists a save that did not finish).
+
+    A newer checkpoint that cannot be read while an older one can (truncated or corrupted files) is reported
+    and moved aside as ``{step}.unreadable`` (one process; with several, the run stops and names it, since
+    every process must agree). When none can be read, nothing is moved and the run stops: with the
+    parameters that differ when the checkpoints are another model's or config's, else with the errors."""
+    errors: list[tuple[int, str]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = manager.restore(step, args=ocp.args.StandardRestore(target))
+        except Exception as error:  # orbax / tensorstore raise many kinds
+            errors.append((step, f"{type(error).__name__}: {str(error)[:300]}"))
+            logging.error("Checkpoint %s/%d cannot be restored: %s", ckpt_dir, step, errors[-1][1])
+            continue
+        for bad, message in errors:  # newer than a readable one: damaged, not another model's
+            where = os.path.join(ckpt_dir, str(bad))
+            if jax.process_count() > 1:
+                raise RuntimeError(f"checkpoint {where} cannot be restored ({message}) but step {step} can: move "
+                                   f"it aside and run again to resume from step {step}")
+            fs.replace(where, f"{where}.unreadable")
+            logging.warning("Moved the unreadable checkpoint %s to %s.unreadable; resuming from step %d",
+                            where, where, step)
+        if errors:
+            manager.reload()
+        return step, state
+    if errors:
+        mismatch = _params_mismatch(ckpt_dir, errors[0][0], target)
+        raise RuntimeError(f"no checkpoint in {ckpt_dir} can be restored into this model"
+                           + (f": they hold another model or config ({mismatch})" if mismatch else
+                              ": " + "; ".join(f"step {s}: {m}" for s, m in errors)))
+    return None
+
+
+def _params_mismatch(ckpt_dir: str, step: int, target: Any) -> str:
+    """The parameters a checkpoint and ``target`` do not share, by path and shape ('' when they agree or the
+    checkpoint's metadata cannot be read)."""
+    def shapes(tree) -> dict[str, tuple]:
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): tuple(leaf.shape)
+                for path, leaf in flat if hasattr(leaf, "shape")}
+    try:
+        # The manager's single unnamed item is stored as 'default'.
+        metadata = ocp.StandardCheckpointer().metadata(os.path.join(ckpt_dir, str(step), "default"))
+        saved = shapes(metadata.item_metadata["params"])
+    except Exception:  # unreadable metadata: say nothing more than the errors
+        return ""
+    wanted = shapes(target.params)
+    parts = [f"only in the checkpoint: {sorted(saved.keys() - wanted.keys())[:5]}" if saved.keys() - wanted.keys()
+             else "", f"only in this model: {sorted(wanted.keys() - saved.keys())[:5]}"
+             if wanted.keys() - saved.keys() else ""]
+    parts += [f"{k}: {saved[k]} in the checkpoint, {wanted[k]} here" for k in sorted(saved.keys() & wanted.keys())
+              if saved[k] != wanted[k]][:5]
+    return "; ".join(p for p in parts if p)
+
+
+def _summarize(fetched: list[dict[str, Any]]) -> dict[str, float]:
+    """Means of the steps' metrics since the last log, over the steps whose update was applied ('update_skipped'
+    over all of them: the share skipped); NaN when every update was skipped."""
+    applied = [m for m in fetched if not m.get("update_skipped", 0.0)]
+    out = {}
+    for key in fetched[0]:
+        rows = fetched if key in ("update_skipped", "skipped_in_a_row") else applied
+        out[key] = float(np.mean([m[key] for m in rows])) if rows else float("nan")
+    return out
+
+
+def check_nonfinite(fetched: list[dict[str, Any]], window_qids: list[tuple[int, np.ndarray]], limit: int,
+                    last_checkpoint: int | None) -> None:
+    """Logs the steps since the last log whose update was skipped (a non-finite gradient) with their query
+    ids, and stops the run (FloatingPointError) once ``limit`` updates in a row were skipped."""
+    skipped = [(step, qids) for m, (step, qids) in zip(fetched, window_qids) if m.get("update_skipped", 0.0)]
+    if not skipped:
+        return
+    def ids(qids) -> str:
+        names = [q.decode() if isinstance(q, bytes) else str(q) for q in qids if len(q)]
+        return ", ".join(names[:8]) + (f" (+{len(names) - 8})" if len(names) > 8 else "")
+    for step, qids in skipped:
+        logging.warning("Step %d: non-finite gradient, update skipped; its queries: %s", step, ids(qids))
+    in_a_row = int(fetched[-1].get("skipped_in_a_row", 0))
+    if in_a_row >= limit:
+        step, qids = skipped[-1]
+        raise FloatingPointError(
+            f"{in_a_row} non-finite updates in a row up to step {step} (config.max_nonfinite_updates={limit}); "
+            f"the parameters are those of step {step - in_a_row}; last checkpoint: step {last_checkpoint}; "
+            f"the last step's queries: {ids(qids)}")
+
+
 class Preemption:
     """A preemption notice, acted on at the next step boundary (checkpoint, then a clean return).
 
@@ -715,9 +812,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
         max_to_keep=config.max_checkpoints_to_keep, create=True))
     start_step = 0
-    if manager.latest_step() is not None:
-        start_step = manager.latest_step()
-        state = stepper.put_state(manager.restore(start_step, args=ocp.args.StandardRestore(stepper.get_state(state))))
+    restored = restore_latest(manager, ckpt_dir, stepper.get_state(state))
+    if restored is not None:
+        start_step, single = restored
+        state = stepper.put_state(single)
         logging.info("Resumed from checkpoint at step %d", start_step)
 
     def save(step: int, current) -> None:
@@ -770,6 +868,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
 
     step = start_step
     accumulated: list[dict[str, jax.Array]] = []
+    window_qids: list[tuple[int, np.ndarray]] = []  # (step, query ids) of the steps since the last log
     t0, steps_since = time.time(), 0
     with Preemption() as preemption:
         try:
@@ -777,17 +876,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                 batch = next(train_iter)
                 state, step_metrics = stepper.train(state, batch)
                 accumulated.append(step_metrics)
+                window_qids.append((step + 1, batch["qid"]))
                 step += 1
                 steps_since += 1
                 if step == start_step + 1:
                     logging.info("First step done (compiled) in %.1fs", time.time() - t0)
                 if step % config.log_every_steps == 0 or step == config.num_train_steps:
                     fetched = jax.device_get(accumulated)
-                    summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                    accumulated = []
-                    if not np.isfinite(summary["loss"]):
-                        raise FloatingPointError(f"loss is {summary['loss']} at step {step}; last good "
-                                                 f"checkpoint: step {manager.latest_step()}")
+                    summary = _summarize(fetched)
+                    check_nonfinite(fetched, window_qids, int(config.get("max_nonfinite_updates", 10)),
+                                    manager.latest_step())
+                    accumulated, window_qids = [], []
                     rate = steps_since / max(time.time() - t0, 1e-9)
                     t0, steps_since = time.time(), 0
                     eta = (config.num_train_steps - step) / max(rate, 1e-9)

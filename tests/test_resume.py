@@ -5,6 +5,7 @@ boundary and exits cleanly."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,3 +126,36 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_cleanly(uninterrupted, t
     assert [s for s, _ in got_losses] == list(range(1, step + 4))
     for s, loss in got_losses:
         assert loss == want_losses[s], s
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_resumes(uninterrupted, tmp_path):
+    import jax
+    workdir = str(tmp_path / "damaged")
+    shutil.copytree(uninterrupted, workdir)
+    for name in ("eval_metrics.jsonl", "train_metrics.jsonl"):
+        os.remove(os.path.join(workdir, name))
+    data = os.path.join(workdir, "checkpoints", str(STEPS), "default", "ocdbt.process_0", "d")
+    for name in os.listdir(data):  # truncate the array data of the latest checkpoint
+        with open(os.path.join(data, name), "r+b") as f:
+            f.truncate(7)
+    log = _run(workdir).stderr
+    assert f"Checkpoint {workdir}/checkpoints/{STEPS} cannot be restored" in log
+    assert f"Moved the unreadable checkpoint" in log and f"resuming from step {STEPS - 5}" in log
+    assert f"{STEPS}.unreadable" in os.listdir(os.path.join(workdir, "checkpoints"))
+    # Resumed from the checkpoint before, it ends as the uninterrupted run, bit for bit.
+    jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), _final_params(uninterrupted))
+    assert _eval_rows(workdir) == _eval_rows(uninterrupted)
+
+
+def test_checkpoints_of_another_model_are_refused_and_kept(uninterrupted, tmp_path):
+    from configs import test as test_config
+    from jvmr import train
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted, workdir)
+    config = test_config.get_config("cimha")
+    config.model.d_model = 24
+    with pytest.raises(RuntimeError, match=r"can be restored into this model: they hold another model or config "
+                                           r"\(.*in the checkpoint, .* here"):
+        train.train_and_evaluate(config, workdir)
+    kept = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    assert kept == sorted(os.listdir(os.path.join(uninterrupted, "checkpoints")))  # nothing moved or deleted

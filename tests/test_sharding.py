@@ -229,8 +229,8 @@ def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(cimha_setup):
         assert {x.dtype for x in jax.tree.leaves(tree) if x.ndim} == {np.dtype("float32")}
     assert abs(float(bf16_metrics["loss"]) - float(f32_metrics["loss"])) < 2e-2 * abs(float(f32_metrics["loss"]))
     # The updates point the same way (Adam's first moments are the gradients, scaled).
-    mu32 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(f32.opt_state[1][0].mu)])
-    mu16 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(bf16.opt_state[1][0].mu)])
+    mu32 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(f32.opt_state.inner_state[1][0].mu)])
+    mu16 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(bf16.opt_state.inner_state[1][0].mu)])
     assert np.dot(mu32, mu16) / (np.linalg.norm(mu32) * np.linalg.norm(mu16)) > 0.99
     assert not np.array_equal(mu32, mu16)  # ... and the forward really ran in bfloat16
     # The matrix products run in bfloat16.
