@@ -29,7 +29,6 @@ import collections
 import dataclasses
 import datetime
 import html
-import io
 import json
 import os
 import sys
@@ -59,16 +58,16 @@ class Outcome:
     corpus_top_iou: float | None = None  # a corpus run's VCMR top moment (0 in another video)
 
 
-def _iou(window: Sequence[float], spans: Sequence[tuple[float, float]]) -> float:
-    if not spans:
-        return 0.0
-    ious = metrics.temporal_iou(np.asarray([window[:2]] * len(spans), np.float64), np.asarray(spans, np.float64))
-    return float(np.max(ious))
-
-
 def _read_json_lines(path: str) -> list[dict[str, Any]]:
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}, line {number}: not JSON ({e})") from e
+    return rows
 
 
 def _predicted_windows(directory: str, split: str, step: int) -> tuple[dict[str, list], dict[str, list] | None]:
@@ -105,10 +104,10 @@ def split_outcomes(run_dir: str, data_dir: str, split: str, step: int) -> list[O
                              f"{ex.qid!r}; they do not belong to this run's data")
         mine = windows[key]
         outcome = Outcome(ex.qid, ex.vid, ex.query, ex.query_type or "", float(ex.duration), gt, mine,
-                          _iou(mine[0], gt) if mine else 0.0)
+                          visualize.best_iou(mine[0], gt) if mine else 0.0)
         if corpus is not None:
             top = corpus.get(key, [])
-            outcome.corpus_top_iou = _iou(top[0][1:3], gt) if top and top[0][0] == ex.vid else 0.0
+            outcome.corpus_top_iou = visualize.best_iou(top[0][1:3], gt) if top and top[0][0] == ex.vid else 0.0
         out.append(outcome)
     return out
 
@@ -141,21 +140,10 @@ def pick_examples(outcomes: Sequence[Outcome], n: int) -> tuple[list[Outcome], l
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def recall_curve_png(outcomes: dict[str, Sequence[Outcome]]) -> bytes:
     """R@1 (%) against the IoU threshold, one line per split (dashed: a corpus run's VCMR)."""
     thresholds = np.linspace(0.0, 1.0, 101)
-    fig = _figure(6.5, 3.6)
+    fig = visualize.figure(3.6, 6.5)
     ax = fig.subplots()
     for split, group in outcomes.items():
         ious = np.asarray([o.top_iou for o in group])
@@ -170,12 +158,12 @@ def recall_curve_png(outcomes: dict[str, Sequence[Outcome]]) -> bytes:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return visualize.png(fig)
 
 
 def score_histogram_png(outcomes: dict[str, Sequence[Outcome]]) -> bytes:
     """Each split's top-1 scores, hits (top-1 IoU >= 0.5) and misses stacked."""
-    fig = _figure(6.5, 2.4 * len(outcomes))
+    fig = visualize.figure(2.4 * len(outcomes), 6.5)
     axes = fig.subplots(len(outcomes), 1, squeeze=False)[:, 0]
     for ax, (split, group) in zip(axes, outcomes.items()):
         scored = [o for o in group if o.windows]
@@ -187,7 +175,7 @@ def score_histogram_png(outcomes: dict[str, Sequence[Outcome]]) -> bytes:
         ax.set_ylabel("queries")
         ax.legend(fontsize=8)
     axes[-1].set_xlabel("top-1 score")
-    return _png(fig)
+    return visualize.png(fig)
 
 
 # ----------------------------------------------------------------------------- HTML

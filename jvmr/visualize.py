@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jvmr import metrics
+
 GROUND_TRUTH_COLOR = "#2ca02c"
 PREDICTION_COLOR = "#1f77b4"
 
@@ -67,10 +69,12 @@ def _display_rank(name: str) -> tuple[int, str]:
     return (0 if name.startswith("start") else 1 if name.startswith("end") else 2, name)
 
 
-def _iou(a: tuple[float, float], b: tuple[float, float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0
+def best_iou(window: Sequence[float], spans: Sequence[tuple[float, float]]) -> float:
+    """The best IoU of ``window`` (start, end, ...) with any of ``spans`` (0 without spans)."""
+    if not spans:
+        return 0.0
+    ious = metrics.temporal_iou(np.asarray([window[:2]] * len(spans), np.float64), np.asarray(spans, np.float64))
+    return float(np.max(ious))
 
 
 def _clip_edges(duration: float, clips: int) -> np.ndarray:
@@ -82,7 +86,7 @@ def _draw_spans(ax, t: Timeline) -> None:
     for rank, (s, e, score) in enumerate(t.moments, 1):
         label = f"#{rank}  {score:.3g}"
         if t.ground_truth:
-            label += f"  IoU {max(_iou((s, e), g) for g in t.ground_truth):.2f}"
+            label += f"  IoU {best_iou((s, e), t.ground_truth):.2f}"
         rows.append((label, s, e, PREDICTION_COLOR, max(0.35, 1.0 - 0.12 * (rank - 1))))
     for y, (label, s, e, color, alpha) in enumerate(rows):
         ax.barh(y, max(e - s, t.duration * 2e-3), left=s, height=0.7, color=color, alpha=alpha)
@@ -137,12 +141,13 @@ def _draw_attention(fig, ax, t: Timeline, name: str, values: np.ndarray, words: 
     fig.colorbar(image, ax=ax, pad=0.01, fraction=0.03)
 
 
-def _figure(height: float, width: float = 9.0):
+def figure(height: float, width: float = 9.0):
+    """A matplotlib Figure (object API: no pyplot, no display), laid out by matplotlib."""
     from matplotlib.figure import Figure
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -154,7 +159,7 @@ def timeline_png(t: Timeline) -> bytes:
     for kind, height in (("curves", 1.1), ("maps", 2.6), ("attention", None)):
         for name, values in t.evidence.get(kind, {}).items():
             panels.append((kind, name, height if height else 0.5 + 0.16 * values.shape[1]))
-    fig = _figure(0.7 + sum(h for _, _, h in panels))
+    fig = figure(0.7 + sum(h for _, _, h in panels))
     axes = fig.subplots(len(panels), 1, sharex=True, height_ratios=[h for _, _, h in panels], squeeze=False)[:, 0]
     for ax, (kind, name, _) in zip(axes, panels):
         if kind == "spans":
@@ -168,7 +173,7 @@ def timeline_png(t: Timeline) -> bytes:
     axes[-1].set_xlabel("time (s)")
     title = t.title or f"{t.vid}: {t.query}"
     fig.suptitle(textwrap.fill(title, 100), fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 def attention_png(t: Timeline, name: str | None = None) -> bytes:
@@ -178,12 +183,12 @@ def attention_png(t: Timeline, name: str | None = None) -> bytes:
         raise ValueError(f"{t.vid}: this model's evidence has no attention map (it has {sorted(t.evidence)})")
     name = name or next(iter(block))
     values = block[name]
-    fig = _figure(1.2 + 0.22 * values.shape[1])
+    fig = figure(1.2 + 0.22 * values.shape[1])
     ax = fig.subplots()
     _draw_attention(fig, ax, t, name, values, t.words)
     ax.set_xlabel("time (s)")
     fig.suptitle(textwrap.fill(t.title or f"{t.vid}: {t.query}", 100), fontsize=10)
-    return _png(fig)
+    return png(fig)
 
 
 def timeline_image(t: Timeline) -> np.ndarray:
