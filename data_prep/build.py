@@ -277,13 +277,14 @@ def corpus_videos(spec: annotations.DatasetSpec, split: str, durations_path: str
 
 
 def write_records(args: argparse.Namespace, examples: Iterable[schema.Example], report: annotations.Report,
-                  num_items: int, split: str, kind: str, source: str) -> int:
+                  num_items: int, split: str, kind: str, source: str, lengths: schema.LengthCounts | None = None
+                  ) -> int:
     """Writes one record set (``schema.record_set(split, kind)``) and checks that every record ``report``
     read is written or skipped; returns the number written."""
     name = schema.record_set(split, kind)
     shards = args.num_shards or max(1, math.ceil(num_items / 4096))
     schema.remove_stale_shards(args.output_dir, name, shards)
-    n = schema.write_split(examples, args.output_dir, name, shards, source=source, kind=kind)
+    n = schema.write_split(examples, args.output_dir, name, shards, source=source, kind=kind, lengths=lengths)
     accounted = n + sum(report.skipped.values())
     if accounted != report.num_records:  # A bug, never the data: every record must be accounted for.
         raise RuntimeError(f"{report.split}: {report.num_records} records read but {n} written and "
@@ -387,6 +388,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     streams = open_streams(args.features, args.feature_format, args.feature_key, args.subtitle_features,
                            args.query_features)
     num_examples, num_queries, num_videos, query_types, tokens = {}, {}, {}, {}, {}
+    lengths: dict[str, schema.LengthCounts] = {}
     labels: collections.Counter[str] = collections.Counter()
     try:
         for split, items in parsed.items():
@@ -409,8 +411,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 examples = iter_examples(items, streams, report, dims, args.num_clips, args.l2_normalize,
                                          progress=progress, desc=f"{split}: write")
+                lengths[split] = schema.LengthCounts()
                 num_examples[split] = write_records(args, track(examples), report, len(items), split, "example",
-                                                    split_files[split])
+                                                    split_files[split], lengths[split])
                 num_videos[split] = len({w[0] for w in written})
             query_types[split] = dict(sorted(collections.Counter(w[1] for w in written).items()))
             tokens[split] = [w[2] for w in written]
@@ -432,6 +435,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         "splits": list(split_files),
         "query_only_splits": query_only,
         "num_examples": num_examples,
+        "lengths": {split: counts.to_json() for split, counts in lengths.items()},
         "num_queries": num_queries,
         "num_videos": num_videos,
         "num_records": {s: r.num_records for s, r in reports.items()},

@@ -32,8 +32,9 @@ Protocols (``jvmr.metrics.PROTOCOLS``):
 
 A ground-truth query without a prediction counts as a miss; their number is
 printed and stored as ``"num_missing_predictions"``. Malformed input (bad JSON,
-missing keys, duplicate qids, a prediction for an unknown qid, ``start > end``,
-non-finite numbers) is an error naming the file, the line and the qid.
+text that is not UTF-8, missing keys, duplicate qids, a prediction for an unknown
+qid, ``start > end``, non-finite numbers, times beyond ``MAX_SECONDS``, an empty
+ground truth) is an ``InputError`` naming the file, the line and the qid.
 
 The absl flags are only defined when run as a script, so importing this module
 registers nothing.
@@ -50,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jvmr import metrics as metrics_lib
+from jvmr.metrics.spans import MAX_SECONDS
 
 
 class InputError(ValueError):
@@ -63,11 +65,15 @@ def _where(path: str, line_no: int, qid: Any = None) -> str:
 def _read_jsonl(path: str) -> list[tuple[int, dict]]:
     rows = []
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as e:
         raise InputError(f"cannot read {path}: {e}") from None
     with f:
-        for line_no, line in enumerate(f, 1):
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{_where(path, line_no)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
@@ -80,6 +86,14 @@ def _read_jsonl(path: str) -> list[tuple[int, dict]]:
     return rows
 
 
+def _float(x: int | float) -> float:
+    """A JSON number as a float; integers beyond float range become +-inf (reported as non-finite)."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 def _parse_windows(value: Any, cols: int, key: str, where: str) -> list[list[float]]:
     if not isinstance(value, list):
         raise InputError(f"{where}: {key!r} must be a list of windows, got {type(value).__name__}")
@@ -88,11 +102,13 @@ def _parse_windows(value: Any, cols: int, key: str, where: str) -> list[list[flo
         if (not isinstance(w, (list, tuple)) or len(w) < cols
                 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in w[:cols])):
             raise InputError(f"{where}: {key}[{j}] must be [start, end{', score' if cols == 3 else ''}], got {w!r}")
-        w = [float(x) for x in w[:cols]]
+        w = [_float(x) for x in w[:cols]]
         if cols == 3 and math.isnan(w[2]):
             raise InputError(f"{where}: {key}[{j}] has a NaN score")
         if not all(math.isfinite(x) for x in w):
             raise InputError(f"{where}: {key}[{j}] has a non-finite value {w!r}")
+        if not all(abs(x) <= MAX_SECONDS for x in w[:2]):
+            raise InputError(f"{where}: {key}[{j}] has a time beyond {MAX_SECONDS:g} s: {w!r}")
         if w[0] > w[1]:
             raise InputError(f"{where}: {key}[{j}] has start > end ({w[0]} > {w[1]})")
         out.append(w)
@@ -135,6 +151,8 @@ def load_inputs(predictions_path: str, ground_truth_path: str) -> tuple[list[Any
       InputError: On malformed input (the message names file, line and qid).
     """
     gt = _index(ground_truth_path, _read_jsonl(ground_truth_path), "relevant_windows", 2)
+    if not gt:
+        raise InputError(f"{ground_truth_path}: no ground-truth rows")
     pred_rows = _read_jsonl(predictions_path)
     preds = _index(predictions_path, pred_rows, "pred_relevant_windows", 3)
     for line_no, row in pred_rows:
@@ -171,9 +189,11 @@ def _parse_tvr_ts(ts: Any, where: str) -> list[list[float]]:
     for w in windows:
         if len(w) != 2 or not all(_is_number(x) for x in w):
             raise InputError(f"{where}: bad 'ts' window {w!r}")
-        w = [float(x) for x in w]
+        w = [_float(x) for x in w]
         if not all(math.isfinite(x) for x in w):
             raise InputError(f"{where}: non-finite 'ts' window {w!r}")
+        if not all(abs(x) <= MAX_SECONDS for x in w):
+            raise InputError(f"{where}: 'ts' window {w!r} has a time beyond {MAX_SECONDS:g} s")
         if w[0] > w[1]:
             raise InputError(f"{where}: 'ts' window has st > ed ({w[0]} > {w[1]})")
         out.append(w)
@@ -242,8 +262,8 @@ def _tvr_block(path: str, task: str, block: Any, gt_index: dict[Any, int], valid
         for j, p in enumerate(preds):
             if not isinstance(p, (list, tuple)) or len(p) < 3 or not all(_is_number(x) for x in p[:3]):
                 raise InputError(f"{where}: predictions[{j}] must be [vid_idx, st, ed, score], got {p!r}")
-        arr = np.array([p[:3] for p in preds], np.float64).reshape(-1, 3)
-        scores = np.array([p[3] if len(p) > 3 and _is_number(p[3]) else 0.0 for p in preds], np.float64)
+        arr = np.array([[_float(x) for x in p[:3]] for p in preds], np.float64).reshape(-1, 3)
+        scores = np.array([_float(p[3]) if len(p) > 3 and _is_number(p[3]) else 0.0 for p in preds], np.float64)
         bad = np.isnan(arr).any(axis=1) | np.isnan(scores)
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
@@ -252,6 +272,10 @@ def _tvr_block(path: str, task: str, block: Any, gt_index: dict[Any, int], valid
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
             raise InputError(f"{where}: predictions[{j}] has a non-finite value: {preds[j]!r}")
+        bad = np.abs(arr[:, 1:]).max(axis=1, initial=0.0) > MAX_SECONDS
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{where}: predictions[{j}] has a time beyond {MAX_SECONDS:g} s: {preds[j]!r}")
         bad = arr[:, 1] > arr[:, 2]
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
@@ -299,6 +323,8 @@ def run_tvr(predictions_path: str, ground_truth_path: str, output_path: str | No
         raise InputError(f"cannot read {predictions_path}: {e}") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{predictions_path}: invalid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{predictions_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(sub, dict):
         raise InputError(f"{predictions_path}: expected a JSON object, got {type(sub).__name__}")
     video2idx = sub.get("video2idx")

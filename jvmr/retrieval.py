@@ -76,9 +76,9 @@ class CorpusIndex:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, arrays: tuple[str, ...] = _ARRAYS) -> None:
         os.makedirs(directory, exist_ok=True)
-        for name in _ARRAYS:
+        for name in arrays:
             np.save(os.path.join(directory, f"{name}.npy"), getattr(self, name))
         with open(os.path.join(directory, "index.json"), "w") as f:
             json.dump({"version": INDEX_VERSION, "vids": self.vids, "info": self.info}, f)
@@ -101,7 +101,8 @@ def clip_norms(context: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     return np.maximum(out, reloclnet.COSINE_EPS)
 
 
-def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], info: Mapping[str, Any]) -> CorpusIndex:
+def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], info: Mapping[str, Any],
+                directory: str | None = None, chunk_rows: int = 1 << 16) -> CorpusIndex:
     """Encodes each distinct video of ``batches`` once.
 
     Args:
@@ -109,9 +110,13 @@ def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], inf
       batches: pipeline batches (``video_feats``, ``video_mask``, ``vid``, ``duration``,
         ``example_mask``, and the streams the model reads); records of a video seen before are skipped.
       info: stored with the index.
+      directory: if given, the index is written there while it is built (each video's rows appended to one
+        file per stream, then copied into ``context.npy`` ``chunk_rows`` clips at a time) and returned
+        memory-mapped: a corpus larger than memory can be indexed. Else it is built in memory.
     """
     seen: set[str] = set()
     vids, durations, rows = [], [], []
+    parts: list[Any] = []  # with ``directory``: one open file of rows per stream
     for batch in batches:
         names = [v.decode() for v in batch["vid"]]
         new = [i for i, (n, e) in enumerate(zip(names, batch["example_mask"])) if e > 0 and n not in seen]
@@ -127,13 +132,41 @@ def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], inf
                 raise ValueError(f"video {names[i]!r} has no valid clip (video_mask all zero): cannot index it")
             vids.append(names[i])
             durations.append(float(batch["duration"][i]))
-            rows.append(context[i, :, :n])
+            if directory is None:
+                rows.append(context[i, :, :n])
+                continue
+            if not parts:
+                os.makedirs(directory, exist_ok=True)
+                parts = [open(os.path.join(directory, f"context.{m}.part"), "wb") for m in range(context.shape[1])]
+            for m, f in enumerate(parts):
+                f.write(np.ascontiguousarray(context[i, m, :n], np.float32).tobytes())
+            rows.append(n)
     if not rows:
         raise ValueError("no video to index")
-    offsets = np.concatenate([[0], np.cumsum([r.shape[1] for r in rows])]).astype(np.int64)
-    context = np.concatenate(rows, axis=1).astype(np.float32)
-    return CorpusIndex(vids=vids, durations=np.asarray(durations, np.float32), offsets=offsets,
-                       norms=clip_norms(context), context=context, info=dict(info))
+    if directory is None:
+        offsets = np.concatenate([[0], np.cumsum([r.shape[1] for r in rows])]).astype(np.int64)
+        context = np.concatenate(rows, axis=1).astype(np.float32)
+        return CorpusIndex(vids=vids, durations=np.asarray(durations, np.float32), offsets=offsets,
+                           norms=clip_norms(context), context=context, info=dict(info))
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    total, d = int(offsets[-1]), int(context.shape[-1])
+    for f in parts:
+        f.close()
+    stored = np.lib.format.open_memmap(os.path.join(directory, "context.npy"), mode="w+", dtype=np.float32,
+                                       shape=(len(parts), total, d))
+    for m, f in enumerate(parts):
+        part = np.memmap(f.name, np.float32, "r", shape=(total, d))
+        for a in range(0, total, chunk_rows):
+            stored[m, a:a + chunk_rows] = part[a:a + chunk_rows]
+        del part
+        os.remove(f.name)
+    stored.flush()
+    del stored
+    context = np.load(os.path.join(directory, "context.npy"), mmap_mode="r")
+    index = CorpusIndex(vids=vids, durations=np.asarray(durations, np.float32), offsets=offsets,
+                        norms=clip_norms(context, chunk_rows), context=context, info=dict(info))
+    index.save(directory, arrays=tuple(a for a in _ARRAYS if a != "context"))
+    return CorpusIndex.load(directory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,11 +226,12 @@ class _Bucket:
     videos: np.ndarray
     num_real: int
     host_keys: np.ndarray
-    keys: jax.Array
+    keys: jax.Array | None  # None: out of core (``layout_dir``), scored a chunk of blocks at a time
     norms: np.ndarray
 
 
-def _bucket_layout(index: CorpusIndex, granule: int, block_clips: int, chunk_rows: int = 1 << 18) -> list[_Bucket]:
+def _bucket_layout(index: CorpusIndex, granule: int, block_clips: int, chunk_rows: int = 1 << 18,
+                   layout_dir: str | None = None) -> list[_Bucket]:
     lengths = index.lengths
     padded = -(-lengths // granule) * granule
     m, d = index.context.shape[0], index.context.shape[2]
@@ -209,8 +243,15 @@ def _bucket_layout(index: CorpusIndex, granule: int, block_clips: int, chunk_row
         filled = np.concatenate([videos, np.full(blocks * per_block - len(videos), videos[-1])])
         t = np.minimum(np.arange(length)[None, :], lengths[filled][:, None] - 1)
         rows = (index.offsets[filled][:, None] + t).reshape(blocks, per_block * length)
-        keys = np.empty((blocks, m, per_block * length, d), np.float32)
-        norms = np.empty((blocks, m, per_block * length), np.float32)
+        if layout_dir is None:
+            keys = np.empty((blocks, m, per_block * length, d), np.float32)
+            norms = np.empty((blocks, m, per_block * length), np.float32)
+        else:  # on disk, memory-mapped: the page cache holds what fits
+            os.makedirs(layout_dir, exist_ok=True)
+            keys, norms = (np.lib.format.open_memmap(os.path.join(layout_dir, f"{name}_{int(length)}.npy"), "w+",
+                                                     np.float32, shape)
+                           for name, shape in (("keys", (blocks, m, per_block * length, d)),
+                                               ("norms", (blocks, m, per_block * length))))
         step = max(1, chunk_rows // (per_block * int(length)))  # blocks per chunk: bounded extra memory
         for b in range(0, blocks, step):
             r = rows[b:b + step]  # [chunk, G * L]
@@ -218,6 +259,11 @@ def _bucket_layout(index: CorpusIndex, granule: int, block_clips: int, chunk_row
             norms[b:b + step] = n.transpose(1, 0, 2)
             keys[b:b + step] = (np.asarray(index.context[:, r.reshape(-1)]).reshape(m, *r.shape, d)
                                 / n[..., None]).transpose(1, 0, 2, 3)
+        if layout_dir is not None:
+            keys.flush()
+            norms.flush()
+            buckets.append(_Bucket(int(length), per_block, filled, len(videos), keys, None, norms))
+            continue
         keys.flags.writeable = False  # the device array may alias it (jax.device_put on CPU does not copy)
         buckets.append(_Bucket(int(length), per_block, filled, len(videos), keys, jax.device_put(keys), norms))
     return buckets
@@ -307,12 +353,16 @@ class CorpusSearcher:
     the queries that retrieved it, ``group_videos`` videos of a bucket per batched
     matrix product (``threads`` host threads). Give it many queries per
     call (hundreds to thousands): the corpus is read once per call. Only this layout
-    (one float32 copy of the corpus) is kept, not the index's arrays.
+    (one float32 copy of the corpus) is kept, not the index's arrays: in memory, or with
+    ``layout_dir`` on disk, memory-mapped, for a corpus larger than memory (VR then
+    scores about ``chunk_bytes`` of it at a time; localisation reads only the top videos'
+    rows).
     """
 
     def __init__(self, index: CorpusIndex, conv_start: np.ndarray, conv_end: np.ndarray,
                  settings: SearchSettings = SearchSettings(), granule: int = 4, block_clips: int = 832,
-                 threads: int = 1, group_videos: int = 16, ann: AnnSettings | None = None):
+                 threads: int = 1, group_videos: int = 16, ann: AnnSettings | None = None,
+                 layout_dir: str | None = None, chunk_bytes: int = 1 << 28):
         if np.any(index.lengths < 1):
             raise ValueError("CorpusIndex: every video needs at least one clip")
         self.vids, self.durations, self.lengths = index.vids, np.asarray(index.durations), index.lengths
@@ -321,7 +371,8 @@ class CorpusSearcher:
         self.settings = settings
         self.threads = threads
         self.group_videos = group_videos
-        self.buckets = _bucket_layout(index, granule, block_clips)
+        self.chunk_bytes = chunk_bytes
+        self.buckets = _bucket_layout(index, granule, block_clips, layout_dir=layout_dir)
         self.max_clips = max(b.length for b in self.buckets)  # T of the localisation arrays (>= every length)
         self._where = np.zeros((self.num_videos, 3), np.int64)  # bucket, block, slot of each video
         for i, b in enumerate(self.buckets):
@@ -342,7 +393,13 @@ class CorpusSearcher:
         q = jnp.asarray(np.ascontiguousarray(np.moveaxis(_unit(query), 1, 0)))  # [M, Q, d]
         phi = np.empty((q.shape[1], self.num_videos), np.float32)
         for b in self.buckets:
-            scores = np.asarray(_bucket_scores(b.keys, q, length=b.length))
+            if b.keys is not None:
+                scores = np.asarray(_bucket_scores(b.keys, q, length=b.length))
+            else:  # out of core: about chunk_bytes of the memory-mapped layout on the device at a time
+                step = max(1, self.chunk_bytes // b.host_keys[0].nbytes)
+                scores = np.concatenate([np.asarray(_bucket_scores(jnp.asarray(b.host_keys[a:a + step]), q,
+                                                                   length=b.length))
+                                         for a in range(0, b.host_keys.shape[0], step)], axis=1)
             phi[:, b.videos[:b.num_real]] = scores[:, :b.num_real]
         return phi
 

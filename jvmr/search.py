@@ -104,25 +104,24 @@ def index_info(run: dict[str, Any], split: str) -> dict[str, Any]:
             "vocab_sha256": run["vocab_sha256"], "split": split, "dataset": config.dataset.name}
 
 
-def corpus_index(run: dict[str, Any], split: str) -> retrieval.CorpusIndex:
-    """Every video of ``split`` encoded once (a query-only split: its corpus records)."""
+def corpus_index(run: dict[str, Any], split: str, directory: str | None = None) -> retrieval.CorpusIndex:
+    """Every video of ``split`` encoded once (a query-only split: its corpus records); with ``directory``,
+    written there as it is built (``retrieval.build_index``: the corpus need not fit in memory)."""
     kind = "video" if is_query_only(run["data_dir"], split) else "example"
     return retrieval.build_index(encoder(run, "encode_context"), split_batches(run, split, kind),
-                                 index_info(run, split))
+                                 index_info(run, split), directory=directory)
 
 
 def build_index(workdir: str, split: str, output: str) -> retrieval.CorpusIndex:
-    """Encodes every video of ``split`` with the run's latest checkpoint into ``output``."""
-    index = corpus_index(load_run(workdir), split)
-    index.save(output)
-    return index
+    """Encodes every video of ``split`` with the run's latest checkpoint into ``output`` (streamed to disk)."""
+    return corpus_index(load_run(workdir), split, directory=output)
 
 
 class Engine:
     """Loads an index and the run that built it; answers free-text queries."""
 
     def __init__(self, index_dir: str, settings: retrieval.SearchSettings | None = None,
-                 ann: retrieval.AnnSettings | None = None):
+                 ann: retrieval.AnnSettings | None = None, out_of_core: bool = False):
         self.index = retrieval.CorpusIndex.load(index_dir)
         info = self.index.info
         try:
@@ -144,7 +143,8 @@ class Engine:
             self.index, np.asarray(params["conv_start"]), np.asarray(params["conv_end"]),
             settings or retrieval.SearchSettings(
                 num_videos=min(defaults.num_videos, self.index.num_videos), min_len=int(config.model.min_span_len),
-                max_len=int(config.model.max_span_len)), ann=ann)
+                max_len=int(config.model.max_span_len)), ann=ann,
+            layout_dir=os.path.join(index_dir, "layout") if out_of_core else None)
         self.parser = parsing.QueryParser(data_parser(self.run["data_dir"]), needs_tree=False)
 
     def tokenize(self, sentence: str) -> list[str]:
@@ -185,7 +185,7 @@ def main(argv):
     if not FLAGS.index or not FLAGS.query:
         raise app.UsageError("give --index and --query (or --workdir and --build_index to build one)")
     ann = retrieval.AnnSettings(nprobe=FLAGS.ann_nprobe) if FLAGS.ann else None
-    for row in Engine(FLAGS.index, ann=ann).search(FLAGS.query, FLAGS.k):
+    for row in Engine(FLAGS.index, ann=ann, out_of_core=FLAGS.out_of_core).search(FLAGS.query, FLAGS.k):
         print(json.dumps(row))
 
 
@@ -198,4 +198,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("k", 10, "Moments to print.")
     flags.DEFINE_bool("ann", False, "Approximate video retrieval (faiss candidates re-scored exactly).")
     flags.DEFINE_integer("ann_nprobe", retrieval.AnnSettings.nprobe, "Inverted lists probed per stream with --ann.")
+    flags.DEFINE_bool("out_of_core", False, "Keep the search layout on disk (INDEX/layout, memory-mapped) instead "
+                      "of in memory: for a corpus larger than memory.")
     app.run(main)

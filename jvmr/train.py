@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -139,6 +140,26 @@ def resolve_dataset(config: ml_collections.ConfigDict, data_dir: str) -> ml_coll
         raise ValueError(f"no evaluation split: set dataset.eval_splits ({where})")
     ds.protocol = metrics_lib.protocol_for_dataset(ds.name, ds.protocol).name
     return config
+
+
+def length_warnings(config: ml_collections.ConfigDict, manifest: dict[str, Any]) -> list[str]:
+    """What the model's grid does to the data's long queries and videos (from the manifest's ``lengths``):
+    a query of more than ``dataset.max_query_len`` tokens keeps its first ones (arcs to the dropped words
+    are masked); in ``pad`` mode a video of more than ``dataset.max_video_len`` clips is mean-pooled to that
+    many (``resample``), so its clips are coarser than the others'. One line per split that has any."""
+    ds, out = config.dataset, []
+    for split, counts in sorted(manifest.get("lengths", {}).items()):
+        for key, limit, what, action in (
+                ("query_tokens", int(ds.max_query_len), "queries have more than dataset.max_query_len",
+                 "tokens: the words after that are dropped"),
+                ("video_clips", int(ds.max_video_len), "videos have more than dataset.max_video_len",
+                 "clips: they are mean-pooled to that many" if ds.video_sampling == "pad" else None)):
+            hist = {int(k): int(v) for k, v in counts.get(key, {}).items()}
+            over = sum(v for k, v in hist.items() if k > limit)
+            if over and action:
+                out.append(f"split {split!r}: {over} of {sum(hist.values())} {what}={limit} {action} "
+                           f"(the longest has {max(hist)})")
+    return out
 
 
 def check_inputs(config: ml_collections.ConfigDict, spec: registry.ModelSpec) -> tuple[str, ...]:
@@ -651,6 +672,31 @@ def _log_eval(workdir: str, writer, step: int, split: str, protocol: str, result
     logging.info("[step %d] %s (protocol %s):\n%s", step, split, protocol, metrics_lib.format_metrics_table(result))
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a quota, a lost mount); the message says which
+    checkpoints are complete: the same command resumes from the latest of them."""
+
+
+@contextlib.contextmanager
+def checkpoint_errors(manager: ocp.CheckpointManager, ckpt_dir: str, step: int):
+    """Turns a failed (or failed earlier, asynchronous) save into a ``CheckpointError`` naming the directory,
+    the cause and the complete checkpoints. Orbax writes into ``{step}.orbax-checkpoint-tmp`` and renames only
+    once everything is written, and deletes old checkpoints only after that: a failed save loses nothing."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - tensorstore / OS errors of any type
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        try:
+            complete = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if not fs.is_remote(ckpt_dir) \
+                else list(manager.all_steps(read=True))
+        except OSError:
+            complete = []
+        raise CheckpointError(
+            f"could not write a checkpoint in {ckpt_dir} (the save of step {step} or the one before it failed: "
+            f"{cause[:400]}). Complete checkpoints: {complete or 'none'}; free some space (or fix the mount) and "
+            f"run the same command again to resume from step {complete[-1] if complete else 0}") from error
+
+
 def restore_latest(manager: ocp.CheckpointManager, ckpt_dir: str, target: Any) -> tuple[int, Any] | None:
     """(step, state) of the newest checkpoint that reads back into ``target``'s structure, or None when there
     is none (orbax never lists a save that did not finish).
@@ -783,6 +829,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         fs.write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     logging.info("Dataset %s in %s: %d-d features, evaluating %s with protocol %s", config.dataset.name, data_dir,
                  config.dataset.feature_dim, list(config.dataset.eval_splits), config.dataset.protocol)
+    for line in length_warnings(config, read_manifest(data_dir)):
+        logging.warning("%s", line)
     vocab = pipeline.load_vocabulary(data_dir)
     spec = registry.get_model_spec(config.model.name)
     inputs = check_inputs(config, spec)
@@ -825,7 +873,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         if not bool(all_finite(single.params)):
             raise FloatingPointError(f"parameters are not finite at step {step}; last good "
                                      f"checkpoint: step {manager.latest_step()}")
-        manager.save(step, args=ocp.args.StandardSave(single))
+        with checkpoint_errors(manager, ckpt_dir, step):
+            manager.save(step, args=ocp.args.StandardSave(single))
 
     # The order of the training batches depends on the seed alone; a resumed run skips the batches of the
     # steps done, so it sees what an uninterrupted run sees (parameters and RNGs come from the checkpoint).
@@ -908,8 +957,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                     return stepper.get_state(state), last_eval
             save(step, state)
             run_eval(step)
-        except FloatingPointError:
-            raise  # The state is not finite: keep the last good checkpoint.
+        except (FloatingPointError, CheckpointError):
+            raise  # The state is not finite, or checkpoints cannot be written: keep the last good checkpoint.
         except BaseException as error:  # Interrupts, data errors, ...: keep the work done so far.
             if jax.process_count() > 1:
                 # A save is collective: with one process failing alone the others would never join it.
@@ -923,6 +972,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
                 logging.error("Could not save a checkpoint at step %d: %r", step, save_error)
             raise
         finally:
-            manager.wait_until_finished()
+            failing = sys.exc_info()[0] is not None  # an exception is on its way out
+            try:
+                with checkpoint_errors(manager, ckpt_dir, step):
+                    manager.wait_until_finished()
+            except CheckpointError as error:
+                if not failing:
+                    raise  # the run itself went well: the last save did not
+                logging.error("%s", error)  # already failing: keep the first error
             writer.flush()
     return stepper.get_state(state), last_eval

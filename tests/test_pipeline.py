@@ -164,22 +164,22 @@ def test_subtitle_and_query_feature_streams(tmp_path):
 
 
 @pytest.mark.parametrize("stream, sub_dim, query_dim, message", [
-    ("subtitles", 4, 5, "subtitle stream missing or not 3-d"),
-    ("query_features", 3, 7, "query token features missing or not 5-d"),
-    ("subtitles", 0, 5, "subtitle stream missing"),
+    ("subtitles", 4, 5, r"subtitle_features has shape \(\d+, 4\), the dataset config asks for \[N>=1, 3\]"),
+    ("query_features", 3, 7, r"query_features has shape \(6, 7\), the dataset config asks for \[N>=1, 5\]"),
+    ("subtitles", 0, 5, r"subtitle_features has shape None"),
 ])
 def test_missing_or_wrong_stream_names_the_record(tmp_path, stream, sub_dim, query_dim, message):
-    import tensorflow as tf
     ex = with_streams(make_example(7), None, sub_dim=max(sub_dim, 1), query_dim=query_dim)
     if not sub_dim:
         ex.subtitle_features = None
-    schema.write_split([ex], str(tmp_path), "val")
+    good = with_streams(make_example(6), None, sub_dim=3, query_dim=5)
+    schema.write_split([good, ex], str(tmp_path), "val")
     text.write_vocabulary(text.build_vocabulary([ex.tokens]), str(tmp_path / "vocab.txt"))
     ds = pipeline.make_dataset(str(tmp_path), "val", dataset_config(subtitle_dim=3, query_feature_dim=5),
                                batch_size=1, training=False, inputs=(stream,))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=message) as err:
-        next(pipeline.as_numpy(ds))
-    assert "q7" in str(err.value) and "v7" in str(err.value)
+    with pytest.raises(pipeline.DataError, match=message) as err:
+        list(pipeline.as_numpy(ds))
+    assert "val.tfrecord-00000-of-00001: record 1 (qid='q7', vid='v7')" in str(err.value)
 
 
 def test_resample_matches_numpy(data_dir):
@@ -201,10 +201,48 @@ def test_resample_numpy_reference():
 
 
 def test_wrong_feature_dim_is_reported(data_dir):
-    import tensorflow as tf
     ds = pipeline.make_dataset(data_dir, "val", dataset_config(feature_dim=7), batch_size=2, training=False)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="feature dim"):
+    with pytest.raises(pipeline.DataError, match=r"val.tfrecord-00000-of-00002: record 0 \(qid='q0', vid='v0'\): "
+                       r"video_features has shape \(10, 8\), the dataset config asks for \[N>=1, 7\]"):
         next(pipeline.as_numpy(ds))
+
+
+def _flip_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_damaged_shard_names_file_and_record(data_dir, training):
+    """A byte flipped inside the second record of a shard: tf.data stops with a checksum error, the
+    message names the shard and the record (found by re-reading the split on the host)."""
+    path = schema.split_files(data_dir, "val")[1]
+    first = len(schema.serialize(make_example(1, t=14))) + 16  # shard 1 holds q1, q3 (round-robin)
+    _flip_byte(path, first + 40)
+    ds = pipeline.make_dataset(data_dir, "val", dataset_config(), batch_size=2, training=training)
+    with pytest.raises(pipeline.DataError, match=f"{path}: record 1: damaged TFRecord file .*DataLossError"):
+        for _ in zip(range(10), pipeline.as_numpy(ds)):
+            pass
+
+
+def test_shards_cut_at_a_record_boundary_are_caught_by_the_manifest_count(data_dir):
+    import json
+    with open(f"{data_dir}/manifest.json", "w") as f:
+        json.dump({"num_examples": {"val": 5}}, f)
+    pipeline.make_dataset(data_dir, "val", dataset_config(), batch_size=2, training=False)  # intact: fine
+    path = schema.split_files(data_dir, "val")[1]
+    first = len(schema.serialize(make_example(1, t=14))) + 16
+    with open(path, "r+b") as f:
+        f.truncate(first)  # q3 is gone, q1 is intact: no reader error would ever show it
+    with pytest.raises(schema.SchemaError, match="holds 4 records in 2 shard.*manifest says 5"):
+        pipeline.make_dataset(data_dir, "val", dataset_config(), batch_size=2, training=False)
+    with open(path, "r+b") as f:
+        f.truncate(first - 3)
+    with pytest.raises(schema.SchemaError, match=f"{path}: record 0: truncated"):
+        pipeline.make_dataset(data_dir, "val", dataset_config(), batch_size=2, training=False)
 
 
 def test_training_stream_is_deterministic(data_dir):

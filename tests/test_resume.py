@@ -30,10 +30,14 @@ def _env():
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
 
 
-def _run(workdir, **kwargs):
+def _run(workdir, file_size_limit=0, **kwargs):
+    def limit_file_size():  # a full disk, as the writer sees it: a write past the limit fails (EFBIG)
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
     proc = subprocess.run(_command(workdir, **kwargs), cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+                          timeout=600, preexec_fn=limit_file_size if file_size_limit else None)
+    assert (proc.returncode == 0) != bool(file_size_limit), proc.stderr[-3000:]
     return proc
 
 
@@ -79,6 +83,17 @@ def uninterrupted(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
     _run(workdir)
     return workdir
+
+
+def test_the_same_command_twice_gives_the_same_run(uninterrupted, tmp_path):
+    """Determinism: a second run of the same command, from scratch, logs the same losses and metrics and
+    ends with the same parameters, bit for bit (CPU)."""
+    import jax
+    workdir = str(tmp_path / "again")
+    _run(workdir)
+    assert _train_losses(workdir) == _train_losses(uninterrupted)
+    assert _eval_rows(workdir) == _eval_rows(uninterrupted)
+    jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), _final_params(uninterrupted))
 
 
 def test_a_killed_run_resumes_to_the_same_parameters_and_metrics(uninterrupted, tmp_path):
@@ -159,3 +174,25 @@ def test_checkpoints_of_another_model_are_refused_and_kept(uninterrupted, tmp_pa
         train.train_and_evaluate(config, workdir)
     kept = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
     assert kept == sorted(os.listdir(os.path.join(uninterrupted, "checkpoints")))  # nothing moved or deleted
+
+
+def test_a_disk_that_fills_during_a_checkpoint_loses_nothing(uninterrupted, tmp_path):
+    """The checkpoint of step 40 cannot be written (files stop growing at 100 kB, as on a full disk): the run
+    stops with a message naming the directory, the cause and the complete checkpoints; they are intact and
+    the same command, once there is room, resumes from step 35 and ends as the uninterrupted run, bit for bit."""
+    import jax
+    workdir = str(tmp_path / "full")
+    shutil.copytree(uninterrupted, workdir)
+    for name in ("eval_metrics.jsonl", "train_metrics.jsonl"):
+        os.remove(os.path.join(workdir, name))
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # back to step 35
+    log = _run(workdir, file_size_limit=100_000).stderr
+    assert "CheckpointError: could not write a checkpoint in " in log, log[-3000:]
+    assert "File too large" in log and f"Complete checkpoints: [{STEPS - 10}, {STEPS - 5}]" in log, log[-3000:]
+    kept = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    assert [d for d in kept if d.isdigit()] == [str(STEPS - 10), str(STEPS - 5)], kept
+    _run(workdir)
+    jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), _final_params(uninterrupted))
+    # The failed run evaluated step 40 before its asynchronous save reported the failure: that row is
+    # there twice, with the same numbers.
+    assert _eval_rows(workdir) in (_eval_rows(uninterrupted), _eval_rows(uninterrupted) * 2)

@@ -122,11 +122,9 @@ def test_index_round_trip(tmp_path):
         retrieval.CorpusIndex.load(str(tmp_path))
 
 
-def test_build_index_encodes_each_video_once_unpadded():
-    calls = []
-
+def _encoder_and_batches():
+    """A fake context encoder and two batches: video 'a' twice in batch 1, 'b' in both, padding in batch 2."""
     def encode(batch):
-        calls.append(len(batch["vid"]))
         b, t = batch["video_mask"].shape
         ctx = np.arange(b * M * t * D, dtype=np.float32).reshape(b, M, t, D) + 1
         return {"context": ctx}
@@ -137,11 +135,49 @@ def test_build_index_encodes_each_video_once_unpadded():
               "example_mask": np.ones(3)}
     batch2 = {"vid": np.array([b"b", b"c", b""]), "video_mask": vm, "duration": np.array([2.0, 4.0, 0.0]),
               "example_mask": np.array([1, 1, 0.0])}
-    index = retrieval.build_index(encode, [batch1, batch2], {})
+    return encode, [batch1, batch2], ctx_of_row0
+
+
+def test_build_index_encodes_each_video_once_unpadded():
+    encode, batches, ctx_of_row0 = _encoder_and_batches()
+    index = retrieval.build_index(encode, batches, {})
     assert index.vids == ["a", "b", "c"]
     np.testing.assert_array_equal(index.offsets, [0, 3, 5, 7])  # a: 3 clips, b: 2, c (row 1 of batch 2): 2
     np.testing.assert_array_equal(index.context[:, 0:3], ctx_of_row0[:, :3])  # a = batch 1 row 0, its 3 clips
     np.testing.assert_allclose(index.norms, np.linalg.norm(index.context, axis=-1), rtol=1e-6)
+
+
+def test_an_index_built_on_disk_equals_the_one_built_in_memory(tmp_path):
+    """Streamed to disk (rows appended per stream, copied into context.npy 2 clips at a time), the index
+    is the in-memory one, memory-mapped; no part file is left."""
+    encode, batches, _ = _encoder_and_batches()
+    index = retrieval.build_index(encode, batches, {"model": "x"})
+    on_disk = retrieval.build_index(encode, batches, {"model": "x"}, directory=str(tmp_path / "idx"), chunk_rows=2)
+    assert isinstance(on_disk.context, np.memmap) and on_disk.vids == index.vids and on_disk.info == {"model": "x"}
+    for name in ("durations", "offsets", "norms", "context"):
+        np.testing.assert_array_equal(getattr(on_disk, name), getattr(index, name))
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
+        "context.npy", "durations.npy", "index.json", "norms.npy", "offsets.npy"]
+
+
+def test_out_of_core_search_equals_in_memory_search(tmp_path):
+    """The search layout on disk (memory-mapped), video scores computed a few blocks at a time: the same
+    results as the in-memory layout, bit for bit."""
+    index = make_index(lengths=MANY)
+    rng = np.random.default_rng(1)
+    q, lq = rng.normal(size=(4, M, D)).astype(np.float32), rng.normal(size=(4, M, D)).astype(np.float32)
+    ks, ke = rng.normal(size=5).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    settings = retrieval.SearchSettings(num_videos=9, num_moments=60, alpha=10.0, min_len=2, max_len=5)
+    layout = dict(granule=2, block_clips=8, group_videos=2)
+    want = retrieval.CorpusSearcher(index, ks, ke, settings, **layout).search(q, lq)
+    searcher = retrieval.CorpusSearcher(index, ks, ke, settings, **layout, layout_dir=str(tmp_path / "layout"),
+                                        chunk_bytes=M * 8 * D * 4 * 2)  # two blocks of 8 clips per chunk
+    assert all(isinstance(b.host_keys, np.memmap) and b.keys is None for b in searcher.buckets)
+    assert max(b.host_keys.shape[0] for b in searcher.buckets) > 2  # several chunks in a bucket
+    got = searcher.search(q, lq)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 def test_corpus_evaluator_agrees_with_the_per_query_decoder():

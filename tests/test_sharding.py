@@ -1,4 +1,5 @@
-"""Data and model parallelism: every model's step is the same on 1 device, under pmap and on a 4x2 mesh.
+"""Data and model parallelism: every model's step is the same on 1 device, under pmap and on a 4x2 mesh, and
+six steps' loss trajectory the same on 1 device, under pmap and on an 8x1 jit mesh.
 
 The multi-device checks run in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 (the flag must be set before JAX starts).
@@ -31,6 +32,7 @@ from jvmr import registry, sharding, train
 from jvmr.data import pipeline
 assert jax.device_count() == 8, jax.devices()
 root, results = sys.argv[1], {}
+TRAJECTORY_STEPS = 6
 
 def floats(tree):
     return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.floating)]
@@ -55,19 +57,30 @@ for name in test_config.MODELS:
     config = train.resolve_dataset(config, data_dir)
     vocab = pipeline.load_vocabulary(data_dir)
     spec = registry.get_model_spec(name)
-    batch = next(pipeline.as_numpy(pipeline.make_dataset(
+    train_iter = pipeline.as_numpy(pipeline.make_dataset(
         data_dir, config.dataset.train_split, config.dataset, batch_size=16, training=True, vocab=vocab,
-        inputs=spec.inputs(config.model), labels=spec.needs_labels(config))))
+        inputs=spec.inputs(config.model), labels=spec.needs_labels(config)))
+    batches = [next(train_iter) for _ in range(TRAJECTORY_STEPS)]
+    batch = batches[0]
     model = registry.create_model(config.model, len(vocab))
     state0 = jax.device_get(train.create_train_state(config, model, batch, jax.random.key(0)))
     loss_config = config.loss.to_dict()
-    ref, ref_metrics = jax.jit(functools.partial(train.train_step, loss_fn=spec.loss_fn, loss_config=loss_config))(
-        state0, pipeline.device_batch(batch))
+    ref_step = jax.jit(functools.partial(train.train_step, loss_fn=spec.loss_fn, loss_config=loss_config))
+    ref, ref_metrics = ref_step(state0, pipeline.device_batch(batch))
+    ref_losses, state = [], state0  # the loss trajectory over several steps
+    for b in batches:
+        state, m = ref_step(state, pipeline.device_batch(b))
+        ref_losses.append(float(m["loss"]))
+    ref_final = jax.device_get(state)
     ref_spans, ref_scores = jax.jit(functools.partial(train.eval_step, predict_fn=spec.predict_fn))(
         state0, pipeline.device_batch(batch))
     out = {"step_size": max_diff(ref.params, state0.params), "loss": float(ref_metrics["loss"]),
-           "moments_size": max_abs(ref.opt_state)}
-    for mode, mesh in (("pmap", None), ("jit_4x2", (4, 2))):
+           "moments_size": max_abs(ref.opt_state), "losses": ref_losses,
+           "trajectory_size": max_diff(ref_final.params, state0.params)}
+    # The trajectories run under pmap and on a data-parallel 8 x 1 mesh; the 4 x 2 mesh runs one step (its
+    # model-axis collectives, run back to back on 8 simulated CPU devices sharing 2 cores, have hung XLA's
+    # in-process rendezvous once here).
+    for mode, mesh in (("pmap", None), ("jit_4x2", (4, 2)), ("jit_8x1", (8, 1))):
         config.parallelism = mode.split("_")[0]
         if mesh:
             config.sharding.data, config.sharding.model = mesh
@@ -81,8 +94,16 @@ for name in test_config.MODELS:
                "predict_diff": float(max(np.max(np.abs(spans - ref_spans)),
                                          np.max(np.abs(np.where(finite, scores - ref_scores, 0.0))))),
                "same_masked": bool(np.array_equal(np.isfinite(scores), finite))}
+        if mode != "jit_4x2":
+            losses, state = [], stepper.put_state(state0)
+            for b in batches:
+                state, m = stepper.train(state, b)
+                losses.append(float(m["loss"]))
+            row["losses"] = losses
+            row["trajectory_param_diff"] = max_diff(jax.device_get(stepper.get_state(state)).params,
+                                                    ref_final.params)
         if mode == "jit_4x2":
-            born = stepper.create_state(jax.random.key(0))
+            born = jax.block_until_ready(stepper.create_state(jax.random.key(0)))
             row["param_shardings"] = sharding.describe(stepper.state_shardings.params)
             row["opt_shardings"] = sharding.describe(stepper.state_shardings.opt_state)
             row["born_as_intended"] = all(a.sharding.is_equivalent_to(s, a.ndim) for a, s in zip(
@@ -115,6 +136,19 @@ def test_one_step_is_the_same_on_1_device_pmap_and_a_4x2_mesh(equivalence, name)
         assert row["param_diff"] < 1e-3 * result["step_size"], (mode, row)
         assert row["opt_diff"] < 1e-4 * result["moments_size"], (mode, row)  # Adam's moments: the gradients
         assert row["predict_diff"] < 1e-4 and row["same_masked"], (mode, row)
+
+
+@pytest.mark.parametrize("name", ["cmin", "cimha", "reloclnet", "ms2d"])
+def test_loss_trajectory_is_the_same_on_1_device_pmap_and_a_jit_mesh(equivalence, name):
+    """Six steps on six batches: the losses and the parameters reached agree to float32 round-off (the modes sum
+    the batch in another order; with Adam's eps = 1 the differences do not grow into sign flips)."""
+    result = equivalence[name]
+    want = np.array(result["losses"])
+    assert len(want) == 6 and np.ptp(want) > 1e-3 * np.abs(want).max(), want  # the loss moves: the test can fail
+    for mode in ("pmap", "jit_8x1"):
+        got = np.array(result[mode]["losses"])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=mode)
+        assert result[mode]["trajectory_param_diff"] < 1e-3 * result["trajectory_size"], (mode, result[mode])
 
 
 # The parameter each model must split over the 'model' axis of a 4x2 mesh, and how.

@@ -227,6 +227,34 @@ def test_resolve_dataset_checks_the_manifest(trained):
     assert train.resolve_dataset(other, data_dir).dataset.protocol == "2dtan"
 
 
+def test_long_queries_and_videos_are_reported_from_the_manifest(trained):
+    """The manifest counts query and video lengths; training says how many the model's grid cuts or pools."""
+    config, workdir, _, _ = trained
+    manifest = train.read_manifest(os.path.join(workdir, "data"))
+    lengths = manifest["lengths"]["train"]
+    tokens = {int(k): v for k, v in lengths["query_tokens"].items()}
+    clips = {int(k): v for k, v in lengths["video_clips"].items()}
+    assert sum(tokens.values()) == manifest["num_examples"]["train"]
+    assert sum(clips.values()) == manifest["num_videos"]["train"]
+    # The test config's videos (20-60 clips) overflow its 32-clip grid on purpose.
+    lines = train.length_warnings(config, manifest)
+    over = sum(v for k, v in clips.items() if k > 32)
+    assert over and (f"split 'train': {over} of {sum(clips.values())} videos have more than dataset.max_video_len=32 "
+                     f"clips: they are mean-pooled to that many (the longest has {max(clips)})") in lines, lines
+    short = test_config.get_config()
+    short.dataset.max_query_len, short.dataset.max_video_len = 5, 8
+    lines = train.length_warnings(short, manifest)
+    over = sum(v for k, v in tokens.items() if k > 5)
+    assert over and (f"split 'train': {over} of {sum(tokens.values())} queries have more than "
+                     f"dataset.max_query_len=5 tokens: the words after that are dropped (the longest has "
+                     f"{max(tokens)})") in lines
+    over = sum(v for k, v in clips.items() if k > 8)
+    assert over and any(line.startswith(f"split 'train': {over} of ") and "max_video_len=8 clips: they are "
+                        "mean-pooled" in line for line in lines)
+    short.dataset.video_sampling = "resample"  # every video is resampled anyway: nothing to say
+    assert not any("max_video_len" in line for line in train.length_warnings(short, manifest))
+
+
 def test_tvr_protocol_run_with_pretrained_embeddings(trained, tmp_path):
     """Another protocol end to end: metrics keys and files are the protocol's, and re-score exactly."""
     import shutil

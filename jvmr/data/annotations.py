@@ -40,7 +40,7 @@ Cleaning (``clean``), with every change counted in a ``Report`` by reason:
 | end_beyond_duration   | fixed  | a span ends after the video: clipped to the duration         |
 | start_ge_end          | skip   | start >= end (as written, or once clipped to the video)      |
 | missing_duration      | skip   | no duration for the video                                    |
-| bad_duration          | skip   | duration not a positive finite number                        |
+| bad_duration          | skip   | duration not a positive number of at most 1e9 s (MAX_SECONDS) |
 | empty_query           | skip   | the query has no letter or digit                             |
 | duplicate_qid         | skip   | a qid seen before in the split (only the first is considered) |
 | unparsable_line       | skip   | a line that is not ``VID start end##sentence`` / not JSON    |
@@ -64,6 +64,8 @@ import os
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
+
+from jvmr.metrics.spans import MAX_SECONDS
 
 _MAX_MESSAGES = 5  # Example messages kept per (kind, reason).
 
@@ -196,7 +198,11 @@ def _number(x: Any) -> float | None:
     """``x`` as a finite float, or None (bools and strings are not numbers here)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    return float(x) if math.isfinite(x) else None
+    try:
+        x = float(x)
+    except OverflowError:  # A JSON integer beyond float range.
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _pair(x: Any) -> list[float] | None:
@@ -220,18 +226,33 @@ def load_durations(path: str, split: str | None = None) -> dict[str, float]:
     if path.lower().endswith(".csv"):
         if not os.path.isfile(path):
             raise AnnotationError(f"{path}: durations file not found")
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"id", "length"} <= set(reader.fieldnames):
-                raise AnnotationError(f"{path}: a durations CSV needs 'id' and 'length' columns, "
-                                      f"got {reader.fieldnames}")
-            out = {}
-            for i, row in enumerate(reader, start=2):
-                try:
-                    out[row["id"]] = float(row["length"])
-                except (TypeError, ValueError) as e:
-                    raise AnnotationError(f"{path}: line {i}: bad length {row['length']!r}") from e
-            return out
+        out: dict[str, float] = {}
+        first_line: dict[str, int] = {}
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f)
+                if not reader.fieldnames or not {"id", "length"} <= set(reader.fieldnames):
+                    raise AnnotationError(f"{path}: a durations CSV needs 'id' and 'length' columns, "
+                                          f"got {reader.fieldnames}")
+                for row in reader:
+                    line = reader.line_num
+                    try:
+                        d = float(row["length"])
+                    except (TypeError, ValueError) as e:
+                        raise AnnotationError(f"{path}: line {line}: bad length {row['length']!r}") from e
+                    vid = row["id"]
+                    if not isinstance(vid, str):
+                        raise AnnotationError(f"{path}: line {line}: no video id")
+                    if vid in out and out[vid] != d:
+                        raise AnnotationError(f"{path}: line {line}: video {vid!r} has a second duration {d} "
+                                              f"(line {first_line[vid]}: {out[vid]})")
+                    out[vid] = d
+                    first_line.setdefault(vid, line)
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"{path}: not UTF-8 text ({e})") from e
+        except csv.Error as e:
+            raise AnnotationError(f"{path}: malformed CSV: {e}") from e
+        return out
     data = load_json(path)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: durations must be a JSON object, got {type(data).__name__}")
@@ -239,7 +260,7 @@ def load_durations(path: str, split: str | None = None) -> dict[str, float]:
         if not isinstance(data.get(split), dict) or "duration" in data[split]:
             raise AnnotationError(f"{path}: no {split!r} entry listing that split's videos "
                                   f"({{split: {{vid: [duration, index]}}}}; entries: {sorted(data)[:10]})")
-        data = {split: data[split]}
+    items = [(split, data[split])] if split is not None else list(data.items()) + data.duplicates
     out: dict[str, float] = {}
 
     def add(vid: str, value: Any) -> None:
@@ -249,13 +270,15 @@ def load_durations(path: str, split: str | None = None) -> dict[str, float]:
             value = value[0]
         d = _number(value)
         if d is None:
-            raise AnnotationError(f"{path}: video {vid!r}: no numeric duration in {value!r}")
+            raise AnnotationError(f"{path}: video {vid!r}: no numeric duration in {value!r:.80}")
+        if vid in out and out[vid] != d:
+            raise AnnotationError(f"{path}: video {vid!r} has two durations, {out[vid]} and {d}")
         out[vid] = d
 
-    for key, value in data.items():
+    for key, value in items:
         nested = isinstance(value, dict) and "duration" not in value
         if nested:  # TVR: {split: {vid: [duration, index]}}.
-            for vid, v in value.items():
+            for vid, v in list(value.items()) + value.duplicates:
                 add(vid, v)
         else:
             add(key, value)
@@ -263,6 +286,23 @@ def load_durations(path: str, split: str | None = None) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- readers
+
+def _text_lines(path: str, report: Report) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each non-blank line of a line-per-record file (lines end at ``\\n``);
+    a line that is not UTF-8 is counted as ``unparsable_line`` and not yielded."""
+    if not os.path.isfile(path):
+        raise AnnotationError(f"{path}: annotation file not found")
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                report.skip_unread("unparsable_line", f"{path}: line {line_no}: not UTF-8 text ({e.reason} at "
+                                   f"byte {e.start})")
+                continue
+            if line.strip():  # Blank lines (the trailing newline) hold no record.
+                yield line_no, line
+
 
 Reader = Callable[[str, Report, "Mapping[str, float] | None"], Iterator[RawRecord]]
 
@@ -272,23 +312,17 @@ def read_charades_sta(path: str, report: Report, durations: Mapping[str, float] 
     """Charades-STA ``VID start end##sentence`` lines (seconds); qid ``{vid}_{line number}``."""
     if durations is None:
         raise AnnotationError(f"{path}: Charades-STA needs video durations (charades.json or Charades_v1_*.csv)")
-    if not os.path.isfile(path):
-        raise AnnotationError(f"{path}: annotation file not found")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue  # Blank lines (the trailing newline) hold no record.
-            head, sep, sentence = line.partition("##")
-            fields = head.split()
-            spans = _pair([_float_or_none(x) for x in fields[1:]]) if len(fields) == 3 else None
-            if not sep or spans is None:
-                report.skip_unread("unparsable_line", f"{path}: line {line_no}: expected 'VID start end##sentence', "
-                                   f"got {line[:80]!r}")
-                continue
-            vid = fields[0]
-            yield RawRecord(qid=f"{vid}_{line_no}", vid=vid, duration=durations.get(vid), query=sentence.strip(),
-                            spans=[spans], source=path, locator=f"line {line_no}")
+    for line_no, line in _text_lines(path, report):
+        head, sep, sentence = line.partition("##")
+        fields = head.split()
+        spans = _pair([_float_or_none(x) for x in fields[1:]]) if len(fields) == 3 else None
+        if not sep or spans is None:
+            report.skip_unread("unparsable_line", f"{path}: line {line_no}: expected 'VID start end##sentence', "
+                               f"got {line[:80]!r}")
+            continue
+        vid = fields[0]
+        yield RawRecord(qid=f"{vid}_{line_no}", vid=vid, duration=durations.get(vid), query=sentence.strip(),
+                        spans=[spans], source=path, locator=f"line {line_no}")
 
 
 def _float_or_none(text: str) -> float | None:
@@ -310,13 +344,18 @@ def _video_records(path: str, report: Report) -> Iterator[tuple[str, dict]]:
         yield vid, rec
 
 
+def _num_sentences(rec: dict) -> int:
+    """How many records a video entry stands for: its longest of 'timestamps' / 'sentences', at least 1."""
+    return max([len(rec[k]) for k in ("timestamps", "sentences") if isinstance(rec.get(k), list)] + [1])
+
+
 def _sentence_records(path: str, vid: str, rec: dict, report: Report, duration: float | None,
                       scale: float = 1.0) -> Iterator[RawRecord]:
     """One ``RawRecord`` per (timestamp, sentence) of a video; ``scale`` converts timestamps to seconds."""
     stamps, sentences = rec.get("timestamps"), rec.get("sentences")
     if not isinstance(stamps, list) or not isinstance(sentences, list) or len(stamps) != len(sentences) \
             or getattr(rec, "duplicates", None):
-        n = max(len(stamps) if isinstance(stamps, list) else 0, len(sentences) if isinstance(sentences, list) else 0, 1)
+        n = _num_sentences(rec)
         report.skip_unread("malformed_record", f"{path}: video {vid!r}: needs lists 'timestamps' and 'sentences' "
                            f"of equal length and no repeated keys ({n} record(s) lost)", count=n)
         return
@@ -343,9 +382,9 @@ def read_tacos(path: str, report: Report, durations: Mapping[str, float] | None 
     for vid, rec in _video_records(path, report):
         fps, frames = _number(rec.get("fps")), _number(rec.get("num_frames"))
         if fps is None or fps <= 0 or frames is None:
-            n = len(rec["sentences"]) if isinstance(rec.get("sentences"), list) else 1
             report.skip_unread("malformed_record", f"{path}: video {vid!r}: needs a positive 'fps' and "
-                               f"'num_frames', got {rec.get('fps')!r} / {rec.get('num_frames')!r}", count=n)
+                               f"'num_frames', got {rec.get('fps')!r} / {rec.get('num_frames')!r}",
+                               count=_num_sentences(rec))
             continue
         duration = durations.get(vid) if durations is not None else frames / fps
         yield from _sentence_records(path, vid, rec, report, duration, scale=1.0 / fps)
@@ -353,18 +392,13 @@ def read_tacos(path: str, report: Report, durations: Mapping[str, float] | None 
 
 def _jsonl_records(path: str, report: Report) -> Iterator[tuple[int, str, Any]]:
     """(line number, line, parsed JSON) of each non-blank line; lines that are not JSON are reported."""
-    if not os.path.isfile(path):
-        raise AnnotationError(f"{path}: annotation file not found")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                report.skip_unread("unparsable_line", f"{path}: line {line_no}: not JSON ({e.msg})")
-                continue
-            yield line_no, line, rec
+    for line_no, line in _text_lines(path, report):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            report.skip_unread("unparsable_line", f"{path}: line {line_no}: not JSON ({e.msg})")
+            continue
+        yield line_no, line, rec
 
 
 def read_tvr(path: str, report: Report, durations: Mapping[str, float] | None = None) -> Iterator[RawRecord]:
@@ -552,8 +586,9 @@ def clean(records: Iterable[RawRecord], report: Report, labelled: bool = True) -
         if labelled and rec.duration is None:
             report.skip("missing_duration", f"{where}: no usable duration for video {rec.vid!r}")
             continue
-        if labelled and not (math.isfinite(rec.duration) and rec.duration > 0):
-            report.skip("bad_duration", f"{where}: duration {rec.duration!r} is not a positive number")
+        if labelled and not (math.isfinite(rec.duration) and 0 < rec.duration <= MAX_SECONDS):
+            report.skip("bad_duration", f"{where}: duration {rec.duration!r} is not a positive number "
+                        f"of at most {MAX_SECONDS:g} s")
             continue
         if not any(ch.isalnum() for ch in rec.query):
             report.skip("empty_query", f"{where}: empty query {rec.query!r}")

@@ -320,11 +320,13 @@ def build(data_dir: str, cfg: CorpusConfig = CorpusConfig(), num_shards: int = 1
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
     num_examples, num_videos, types, tokens = {}, {}, {}, {}
+    lengths: dict[str, schema.LengthCounts] = {}
     for split in SPLITS:
         videos = _apply_parser(generate_videos(cfg, split), cfg.synthetic.parser)
         schema.remove_stale_shards(data_dir, split, num_shards)
-        num_examples[split] = schema.write_split((ex for v in videos for ex in v.examples()), data_dir, split, num_shards,
-                                                 source=f"synthetic_corpus:{split}")
+        lengths[split] = schema.LengthCounts()
+        num_examples[split] = schema.write_split((ex for v in videos for ex in v.examples()), data_dir, split,
+                                                 num_shards, source=f"synthetic_corpus:{split}", lengths=lengths[split])
         num_videos[split] = len(videos)
         types[split] = dict(sorted(collections.Counter(q["desc_type"] for v in videos for q in v.queries).items()))
         tokens[split] = [q["tokens"] for v in videos for q in v.queries]
@@ -341,6 +343,7 @@ def build(data_dir: str, cfg: CorpusConfig = CorpusConfig(), num_shards: int = 1
         "config": config,
         "num_shards": num_shards,
         "num_examples": num_examples,
+        "lengths": {split: counts.to_json() for split, counts in lengths.items()},
         "num_videos": num_videos,
         "query_types": types,
         "feature_dim": cfg.synthetic.feature_dim,

@@ -178,8 +178,8 @@ class FeatureStore:
             where = os.path.join(self.path, self._index[name])
             try:
                 raw = np.load(where, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise FeatureError(f"{where}: video {vid!r}: cannot read .npy: {e}") from e
+            except Exception as e:  # noqa: BLE001 - any failure to parse the file (EOFError, SyntaxError, ...)
+                raise FeatureError(f"{where}: video {vid!r}: cannot read .npy: {type(e).__name__}: {e}") from e
         elif self.fmt == "hdf5":
             where = self.path
             raw = self._read_hdf5(self._open_file()[name], where, vid, self.key)
@@ -213,7 +213,10 @@ class FeatureStore:
             node = node[key]
         elif key is not None:
             raise FeatureError(f"{where}: video {vid!r} is a dataset, not a group with {key!r}; drop key=")
-        return node[()]
+        try:
+            return node[()]
+        except (OSError, TypeError, ValueError, KeyError) as e:  # damaged data, or a type numpy cannot hold
+            raise FeatureError(f"{where}: video {vid!r}: cannot read the HDF5 dataset: {type(e).__name__}: {e}") from e
 
 
 def check_features(raw: Any, where: str, vid: str) -> np.ndarray:

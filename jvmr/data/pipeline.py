@@ -55,7 +55,8 @@ the grid: in ``pad`` mode the valid clips cover the whole video, in
 from __future__ import annotations
 
 import os
-from typing import Iterator
+import weakref
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -287,11 +288,85 @@ def make_dataset(data_dir: str, split: str, dataset_config, *, batch_size: int, 
     import tensorflow as tf
     vocab = vocab if vocab is not None else load_vocabulary(data_dir)
     files = schema.split_files(data_dir, schema.record_set(split, kind))
+    schema.check_split(data_dir, split, kind, expected=_manifest_count(data_dir, split, kind))
     ds = tf.data.TFRecordDataset(files)
     if num_shards > 1:
         ds = ds.shard(num_shards, shard_index)
-    return _batches(ds, dataset_config, batch_size=batch_size, training=training, seed=seed, vocab=vocab,
-                    inputs=inputs, kind=kind, labels=labels, start_batch=start_batch)
+    ds = _batches(ds, dataset_config, batch_size=batch_size, training=training, seed=seed, vocab=vocab,
+                  inputs=inputs, kind=kind, labels=labels, start_batch=start_batch)
+    _SOURCES[ds] = _Source(files, kind, _stream_widths(dataset_config, inputs, kind))
+    return ds
+
+
+_MANIFEST_COUNTS = {"example": "num_examples", "query": "num_queries", "video": "num_videos"}
+
+
+def _manifest_count(data_dir: str, split: str, kind: str) -> int | None:
+    """The number of records of ``kind`` the data directory's manifest lists for ``split`` (None: not listed)."""
+    from jvmr import fs
+    path = os.path.join(data_dir, "manifest.json")
+    if not fs.exists(path):
+        return None
+    import json
+    with fs.open(path) as f:
+        count = json.load(f).get(_MANIFEST_COUNTS[kind], {}).get(split)
+    return int(count) if isinstance(count, int) else None
+
+
+class _Source(NamedTuple):
+    """Where a pipeline's records come from, to name the bad one if tf.data fails (``as_numpy``)."""
+
+    files: list[str]
+    kind: str
+    widths: dict[str, int]  # stream -> the width the pipeline asserts
+
+
+def _stream_widths(dataset_config, inputs: tuple[str, ...], kind: str) -> dict[str, int]:
+    widths = {}
+    if kind != "query":
+        widths["video_features"] = int(dataset_config.feature_dim)
+        if "subtitles" in inputs:
+            widths["subtitle_features"] = int(dataset_config.subtitle_dim)
+    if kind != "video" and "query_features" in inputs:
+        widths["query_features"] = int(dataset_config.query_feature_dim)
+    return widths
+
+
+_SOURCES: "weakref.WeakKeyDictionary[Any, _Source]" = weakref.WeakKeyDictionary()
+
+
+def find_bad_record(source: _Source) -> str | None:
+    """Reads the records of ``source`` on the host, in order, and describes the first one the pipeline
+    cannot use (``file: record i (qid, vid): why``), or returns None if every record is usable."""
+    for path in source.files:
+        try:
+            for i, record in schema.file_records(path):
+                ex = schema.decode(record, f"{path}: record {i}", source.kind)
+                for stream, width in source.widths.items():
+                    arr = getattr(ex, stream)
+                    shape = None if arr is None else tuple(np.shape(arr))
+                    if shape is None or len(shape) != 2 or shape[0] < 1 or shape[1] != width:
+                        return (f"{path}: record {i} (qid={ex.qid!r}, vid={ex.vid!r}): {stream} has shape {shape}, "
+                                f"the dataset config asks for [N>=1, {width}]")
+        except schema.SchemaError as e:
+            return str(e)
+    return None
+
+
+class DataError(RuntimeError):
+    """The input pipeline could not read a split; the message names the shard file and record when found."""
+
+
+def _checked(iterator, source: _Source | None) -> Iterator[dict[str, np.ndarray]]:
+    if source is None:
+        yield from iterator
+        return
+
+    def data_error(_, e) -> DataError:
+        return DataError(find_bad_record(source) or f"reading {source.files[0]} (and {len(source.files) - 1} other "
+                         f"shard(s)) failed though every record reads on the host: {schema.first_line(e.message)}")
+    for _, batch in schema.checked_items(iterator, data_error):
+        yield batch
 
 
 def examples_dataset(examples, dataset_config, *, batch_size: int, vocab: list[str], inputs: tuple[str, ...] = (),
@@ -332,8 +407,10 @@ def _batches(ds, dataset_config, *, batch_size: int, training: bool, seed: int, 
 
 
 def as_numpy(ds) -> Iterator[dict[str, np.ndarray]]:
-    """Yields numpy batches of a tf.data pipeline."""
-    return ds.as_numpy_iterator()
+    """Yields numpy batches of a tf.data pipeline. For a ``make_dataset`` pipeline, a record it cannot read
+    (a damaged shard, a record off the schema, a stream of another width) raises ``DataError`` naming the
+    shard file, the record's index and its qid, found by re-reading the split on the host."""
+    return _checked(ds.as_numpy_iterator(), _SOURCES.get(ds))
 
 
 def device_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -43,10 +43,12 @@ checks each kind. The dataset's ``manifest.json`` lists such splits under
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
-from typing import Iterable, Iterator, Sequence
+import struct
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -245,18 +247,39 @@ def parse(serialized):
     return out
 
 
-def decode(serialized: bytes) -> Example:
-    """Parses one record back into an ``Example`` (host side; used by tests and tools)."""
-    ex = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in parse(serialized).items()}
-    sub = ex["subtitle_features"]
-    qf = ex["query_features"]
-    return Example(
-        qid=ex["qid"].decode(), vid=ex["vid"].decode(), duration=float(ex["duration"]),
-        query=ex["query"].decode(), query_type=ex["query_type"].decode(),
-        tokens=[t.decode() for t in ex["tokens"]], dep_heads=[int(h) for h in ex["dep_heads"]],
-        dep_labels=[t.decode() for t in ex["dep_labels"]], gt_spans=ex["gt_spans"],
-        video_features=ex["video_features"], subtitle_features=sub if sub.size else None,
-        query_features=qf if qf.size else None)
+def decode(serialized: bytes, source: str = "<memory>", kind: str = "example") -> Example:
+    """Parses one record back into a validated ``Example`` of ``kind`` (host side: tools, tests, and the
+    diagnosis of a split the input pipeline could not read). ``SchemaError`` names ``source`` (``file: record i``)."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    try:
+        tf.train.Example.FromString(serialized)
+    except DecodeError as e:
+        raise SchemaError(f"{source}: not a tf.train.Example ({e})") from None
+    try:
+        ex = {k: v.numpy() for k, v in parse(tf.constant(serialized, tf.string)).items()}
+    except tf.errors.OpError as e:
+        raise SchemaError(f"{source}: not a record of the schema: {first_line(e.message)}") from None
+    except UnicodeDecodeError:  # TensorFlow failing to build the message of a parse error
+        raise SchemaError(f"{source}: not a record of the schema") from None
+    try:
+        text = {k: ex[k].decode("utf-8") for k in ("qid", "vid", "query", "query_type")}
+        tokens = [t.decode("utf-8") for t in ex["tokens"]]
+        labels = [t.decode("utf-8") for t in ex["dep_labels"]]
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"{source}: a text field is not UTF-8 ({e.reason} at byte {e.start})") from None
+    sub, qf = ex["subtitle_features"], ex["query_features"]
+    example = Example(
+        **text, duration=float(ex["duration"]), tokens=tokens, dep_heads=[int(h) for h in ex["dep_heads"]],
+        dep_labels=labels, gt_spans=ex["gt_spans"], video_features=ex["video_features"],
+        subtitle_features=sub if sub.size else None, query_features=qf if qf.size else None)
+    example.validate(source, kind)
+    return example
+
+
+def first_line(message: str) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def shard_paths(output_dir: str, split: str, num_shards: int) -> list[str]:
@@ -280,11 +303,34 @@ def remove_stale_shards(output_dir: str, split: str, num_shards: int) -> None:
             fs.remove(path)
 
 
+class LengthCounts:
+    """How many records have each query length (tokens) and video length (clips): the manifest's ``lengths``,
+    from which training reports the queries and videos longer than its grid (``jvmr.train.length_warnings``)."""
+
+    def __init__(self):
+        self.query_tokens: collections.Counter[int] = collections.Counter()  # per record
+        self.video_clips: collections.Counter[int] = collections.Counter()  # per distinct video
+        self._videos: set[str] = set()
+
+    def add(self, example: Example) -> None:
+        if example.tokens:
+            self.query_tokens[len(example.tokens)] += 1
+        feats = np.shape(example.video_features)
+        if len(feats) == 2 and feats[0] and example.vid not in self._videos:
+            self._videos.add(example.vid)
+            self.video_clips[int(feats[0])] += 1
+
+    def to_json(self) -> dict[str, dict[str, int]]:
+        return {"query_tokens": {str(k): v for k, v in sorted(self.query_tokens.items())},
+                "video_clips": {str(k): v for k, v in sorted(self.video_clips.items())}}
+
+
 def write_split(examples: Iterable[Example], output_dir: str, split: str, num_shards: int = 1,
-                source: str = "<memory>", kind: str = "example") -> int:
+                source: str = "<memory>", kind: str = "example", lengths: LengthCounts | None = None) -> int:
     """Validates and writes ``examples`` round-robin into ``num_shards`` files; returns the count.
 
-    ``split`` is the file-name prefix (``record_set(split, kind)`` for a query-only split's records).
+    ``split`` is the file-name prefix (``record_set(split, kind)`` for a query-only split's records);
+    ``lengths``, if given, counts the written records' query and video lengths.
     """
     import tensorflow as tf
     os.makedirs(output_dir, exist_ok=True)
@@ -299,6 +345,8 @@ def write_split(examples: Iterable[Example], output_dir: str, split: str, num_sh
                 raise SchemaError(f"{source}: duplicate qid {ex.qid!r} in split {split!r}")
             seen.add(ex.qid)
             writers[n % num_shards].write(serialize(ex))
+            if lengths is not None:
+                lengths.add(ex)
             n += 1
     finally:
         for w in writers:
@@ -309,7 +357,80 @@ def write_split(examples: Iterable[Example], output_dir: str, split: str, num_sh
 
 
 def read_split(data_dir: str, split: str, kind: str = "example") -> Iterator[Example]:
-    """Iterates over the records of ``kind`` of a split (host side, for tools and tests)."""
+    """Iterates over the validated records of ``kind`` of a split (host side, for tools and tests).
+
+    A damaged shard (truncated, or a record whose checksum fails) or a record that is not a valid
+    ``Example`` raises ``SchemaError`` naming the shard file and the record's index in it.
+    """
+    for path in split_files(data_dir, record_set(split, kind)):
+        for i, record in file_records(path):
+            yield decode(record, f"{path}: record {i}", kind)
+
+
+def checked_items(iterator, error: Callable[[int, Exception], Exception]) -> Iterator[tuple[int, Any]]:
+    """(index, item) of a tf.data iterator; a TensorFlow error while producing item i raises ``error(i, e)``
+    instead (from ``e``), so that the caller can name what failed."""
     import tensorflow as tf
-    for record in tf.data.TFRecordDataset(split_files(data_dir, record_set(split, kind))):
-        yield decode(record)
+    i = 0
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            raise error(i, e) from e
+        yield i, item
+        i += 1
+
+
+def file_records(path: str) -> Iterator[tuple[int, bytes]]:
+    """(index, bytes) of the records of one TFRecord file; a damaged file raises ``SchemaError``."""
+    import tensorflow as tf
+    def damaged(i: int, e) -> SchemaError:
+        return SchemaError(f"{path}: record {i}: damaged TFRecord file ({type(e).__name__}: {first_line(e.message)})")
+    for i, record in checked_items(iter(tf.data.TFRecordDataset(path)), damaged):
+        yield i, record.numpy()
+
+
+_HEADER = struct.Struct("<QI")  # TFRecord framing: uint64 length, uint32 masked CRC32C of the length
+
+
+def count_records(path: str) -> int | None:
+    """The number of records of one local TFRecord file, from its framing alone (no record is read).
+
+    Raises ``SchemaError`` naming the file and the record when the framing does not end exactly at the
+    end of the file (a truncated or overwritten shard). Remote files (``gs://``...) are not walked: None.
+    """
+    if fs.is_remote(path):
+        return None
+    size = os.path.getsize(path)
+    pos, n = 0, 0
+    with open(path, "rb") as f:
+        while pos < size:
+            header = f.read(_HEADER.size)
+            if len(header) < _HEADER.size:
+                raise SchemaError(f"{path}: record {n}: truncated TFRecord file (a partial header at byte {pos} "
+                                  f"of {size})")
+            length, _ = _HEADER.unpack(header)
+            end = pos + _HEADER.size + length + 4
+            if end > size:
+                raise SchemaError(f"{path}: record {n}: truncated or damaged TFRecord file (the record at byte "
+                                  f"{pos} claims {length} bytes; the file has {size})")
+            f.seek(end)
+            pos, n = end, n + 1
+    return n
+
+
+def check_split(data_dir: str, split: str, kind: str = "example", expected: int | None = None) -> int | None:
+    """Walks the framing of every shard of a split (``count_records``) and compares the total with
+    ``expected`` (the manifest's count): a shard cut at a record boundary is caught here, since no
+    record of it is damaged. Returns the total (None for remote files)."""
+    counts = [count_records(p) for p in split_files(data_dir, record_set(split, kind))]
+    if any(c is None for c in counts):
+        return None
+    total = sum(counts)
+    if expected is not None and total != expected:
+        raise SchemaError(f"{data_dir}: split {record_set(split, kind)!r} holds {total} records in "
+                          f"{len(counts)} shard(s), but its manifest says {expected}: shards are missing, cut short "
+                          f"or from another build")
+    return total

@@ -1245,6 +1245,7 @@ def build(data_dir: str, cfg: SyntheticConfig = SyntheticConfig(), num_shards: i
         os.remove(manifest_path)
 
     num_examples, num_videos, stats = {}, {}, {}
+    lengths: dict[str, schema.LengthCounts] = {}
     token_sets: dict[str, list[tuple[str, ...]]] = {}
     texts: dict[str, list[str]] = {}
     for split in SPLITS:
@@ -1252,8 +1253,9 @@ def build(data_dir: str, cfg: SyntheticConfig = SyntheticConfig(), num_shards: i
         token_sets[split] = [q.tokens for v in videos for q in v.queries]
         texts[split] = [q.text for v in videos for q in v.queries]
         schema.remove_stale_shards(data_dir, split, num_shards)
+        lengths[split] = schema.LengthCounts()
         num_examples[split] = schema.write_split(
-            iter_examples(videos), data_dir, split, num_shards, source=f"synthetic:{split}")
+            iter_examples(videos), data_dir, split, num_shards, source=f"synthetic:{split}", lengths=lengths[split])
         num_videos[split] = len(videos)
         stats[split] = split_statistics(videos)
         schema.write_text_atomic(os.path.join(data_dir, f"{split}_videos.jsonl"),
@@ -1276,6 +1278,7 @@ def build(data_dir: str, cfg: SyntheticConfig = SyntheticConfig(), num_shards: i
         "config": config,
         "num_shards": num_shards,
         "num_examples": num_examples,
+        "lengths": {split: counts.to_json() for split, counts in lengths.items()},
         "num_videos": num_videos,
         "query_types": {s: stats[s]["query_types"] for s in SPLITS},
         "statistics": stats,

@@ -17,6 +17,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 IOU_COMPARISONS = (">=", ">")
+#: The largest time (seconds, about 31 years) the readers accept: beyond it, span arithmetic in float64
+#: overflows (a [-1e308, 1e308] window has an infinite length) and IoUs would silently come out 0 or NaN.
+MAX_SECONDS = 1e9
 
 
 # ---------------------------------------------------------------------------
