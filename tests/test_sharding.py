@@ -85,15 +85,17 @@ for name in test_config.MODELS:
         if mesh:
             config.sharding.data, config.sharding.model = mesh
         stepper = train.Stepper(config, spec, model, batch)
-        new, metrics = stepper.train(stepper.put_state(state0), batch)
-        spans, scores = stepper.predict(stepper.put_state(state0), batch)
-        finite = np.isfinite(ref_scores)
-        row = {"loss_diff": abs(float(metrics["loss"]) - out["loss"]),
-               "param_diff": max_diff(jax.device_get(stepper.get_state(new)).params, ref.params),
-               "opt_diff": max_diff(jax.device_get(stepper.get_state(new)).opt_state, ref.opt_state),
-               "predict_diff": float(max(np.max(np.abs(spans - ref_spans)),
-                                         np.max(np.abs(np.where(finite, scores - ref_scores, 0.0))))),
-               "same_masked": bool(np.array_equal(np.isfinite(scores), finite))}
+        row = {}
+        if mode != "jit_8x1":  # one step and a prediction (the 8 x 1 mesh: the trajectory only)
+            new, metrics = stepper.train(stepper.put_state(state0), batch)
+            spans, scores = stepper.predict(stepper.put_state(state0), batch)
+            finite = np.isfinite(ref_scores)
+            row = {"loss_diff": abs(float(metrics["loss"]) - out["loss"]),
+                   "param_diff": max_diff(jax.device_get(stepper.get_state(new)).params, ref.params),
+                   "opt_diff": max_diff(jax.device_get(stepper.get_state(new)).opt_state, ref.opt_state),
+                   "predict_diff": float(max(np.max(np.abs(spans - ref_spans)),
+                                             np.max(np.abs(np.where(finite, scores - ref_scores, 0.0))))),
+                   "same_masked": bool(np.array_equal(np.isfinite(scores), finite))}
         if mode != "jit_4x2":
             losses, state = [], stepper.put_state(state0)
             for b in batches:
