@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jvmr import metrics as metrics_lib
 from jvmr import fs, registry, sharding
-from jvmr.data import pipeline
+from jvmr.data import pipeline, schema
 
 
 class TrainState(train_state.TrainState):
@@ -77,12 +77,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
     return ds.data_dir
 
 
-def read_manifest(data_dir: str) -> dict[str, Any]:
-    path = os.path.join(data_dir, "manifest.json")
-    if not fs.exists(path):
-        return {}
-    with fs.open(path) as f:
-        return json.load(f)
+read_manifest = schema.read_manifest
 
 
 def _manifest_feature_dim(manifest: dict[str, Any], stream: str = "video") -> int | None:

@@ -12,7 +12,7 @@ derandomized so that CI sees the same cases every run.
 import json
 import math
 import os
-import struct
+import re
 
 import numpy as np
 import pytest
@@ -364,9 +364,20 @@ def _jsonl(rows, damage: str) -> bytes:
 
 
 def _check_recall_metrics(result, num_gt):
+    """R@k,IoU=t is a share of the queries (a count over num_gt), grows with k and shrinks with t; mIoU is a
+    mean of IoUs (a NaN or overflowed IoU breaks these)."""
+    recall = {}
     for key, value in result.items():
-        if key.startswith("R@") or key == "mIoU":
-            assert math.isfinite(value) and 0 <= value <= 100, (key, value)
+        match = re.fullmatch(r"R@(\d+),IoU=([\d.]+)", key)
+        if match:
+            count = value * num_gt / 100
+            assert abs(count - round(count)) < 1e-6 * num_gt, (key, value, num_gt)
+            recall[int(match.group(1)), float(match.group(2))] = value
+    assert recall and 0 <= result["mIoU"] <= 100, result
+    for (k, t), value in recall.items():
+        for (k2, t2), other in recall.items():
+            if k2 >= k and t2 <= t:
+                assert other >= value, (k, t, value, k2, t2, other)
     assert result["num_queries"] == num_gt
 
 
@@ -437,9 +448,18 @@ def test_tvr_evaluator(workdir, gt, sub, damage):
         assert gt_path in str(e) or pred_path in str(e), e
         return
     assert damage == "none"  # a damaged submission is always refused
+    num_queries = result["num_queries"]
     for task in ("VCMR", "SVMR", "VR"):
+        by_k: dict[str, list[tuple[int, float]]] = {}
         for key, value in result.get(task, {}).items():
-            assert math.isfinite(value) and 0 <= value <= 100, (task, key, value)
+            match = re.fullmatch(r"(?:(.+)-)?r(\d+)", key)
+            assert match, (task, key)
+            count = value * num_queries / 100  # percentages rounded to 2 decimals: a count of queries
+            assert abs(count - round(count)) <= 0.005 * num_queries / 100 + 1e-9, (task, key, value, num_queries)
+            by_k.setdefault(match.group(1) or "", []).append((int(match.group(2)), value))
+        for prefix, values in by_k.items():  # recall grows with k
+            values.sort()
+            assert all(a[1] <= b[1] for a, b in zip(values, values[1:])), (task, prefix, values)
 
 
 # ----------------------------------------------------------------------------- TFRecord parser

@@ -303,13 +303,7 @@ _MANIFEST_COUNTS = {"example": "num_examples", "query": "num_queries", "video": 
 
 def _manifest_count(data_dir: str, split: str, kind: str) -> int | None:
     """The number of records of ``kind`` the data directory's manifest lists for ``split`` (None: not listed)."""
-    from jvmr import fs
-    path = os.path.join(data_dir, "manifest.json")
-    if not fs.exists(path):
-        return None
-    import json
-    with fs.open(path) as f:
-        count = json.load(f).get(_MANIFEST_COUNTS[kind], {}).get(split)
+    count = schema.read_manifest(data_dir).get(_MANIFEST_COUNTS[kind], {}).get(split)
     return int(count) if isinstance(count, int) else None
 
 

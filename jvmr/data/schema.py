@@ -287,6 +287,16 @@ def shard_paths(output_dir: str, split: str, num_shards: int) -> list[str]:
             for i in range(num_shards)]
 
 
+def read_manifest(data_dir: str) -> dict[str, Any]:
+    """A data directory's ``manifest.json`` ({} when it has none)."""
+    import json
+    path = os.path.join(data_dir, "manifest.json")
+    if not fs.exists(path):
+        return {}
+    with fs.open(path) as f:
+        return json.load(f)
+
+
 def split_files(data_dir: str, split: str) -> list[str]:
     """The sorted shard files of ``split`` in ``data_dir``; raises if there are none."""
     files = fs.glob(os.path.join(data_dir, f"{split}.tfrecord-*-of-*"))
