@@ -115,7 +115,7 @@ def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], inf
         memory-mapped: a corpus larger than memory can be indexed. Else it is built in memory.
     """
     seen: set[str] = set()
-    vids, durations, rows = [], [], []
+    vids, durations, lengths, rows = [], [], [], []  # rows: [M, n, d] per video, in memory only
     parts: list[Any] = []  # with ``directory``: one open file of rows per stream
     for batch in batches:
         names = [v.decode() for v in batch["vid"]]
@@ -132,6 +132,7 @@ def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], inf
                 raise ValueError(f"video {names[i]!r} has no valid clip (video_mask all zero): cannot index it")
             vids.append(names[i])
             durations.append(float(batch["duration"][i]))
+            lengths.append(n)
             if directory is None:
                 rows.append(context[i, :, :n])
                 continue
@@ -140,15 +141,13 @@ def build_index(encode_context, batches: Iterable[Mapping[str, np.ndarray]], inf
                 parts = [open(os.path.join(directory, f"context.{m}.part"), "wb") for m in range(context.shape[1])]
             for m, f in enumerate(parts):
                 f.write(np.ascontiguousarray(context[i, m, :n], np.float32).tobytes())
-            rows.append(n)
-    if not rows:
+    if not vids:
         raise ValueError("no video to index")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     if directory is None:
-        offsets = np.concatenate([[0], np.cumsum([r.shape[1] for r in rows])]).astype(np.int64)
         context = np.concatenate(rows, axis=1).astype(np.float32)
         return CorpusIndex(vids=vids, durations=np.asarray(durations, np.float32), offsets=offsets,
                            norms=clip_norms(context), context=context, info=dict(info))
-    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
     total, d = int(offsets[-1]), int(context.shape[-1])
     for f in parts:
         f.close()
