@@ -93,7 +93,7 @@ class CorpusIndex:
 
 
 def clip_norms(context: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-    """[M, C] L2 norms of the context rows [M, C, d] (clamped like :func:`reloclnet.l2_normalize`)."""
+    """[M, C] L2 norms of the context rows [M, C, d] (clamped like :func:`jvmr.models.layers.l2_normalize`)."""
     out = np.empty(context.shape[:2], np.float32)
     for a in range(0, context.shape[1], chunk):
         c = np.asarray(context[:, a:a + chunk])

@@ -667,6 +667,34 @@ def _log_eval(workdir: str, writer, step: int, split: str, protocol: str, result
     logging.info("[step %d] %s (protocol %s):\n%s", step, split, protocol, metrics_lib.format_metrics_table(result))
 
 
+def drop_rows_to_relog(workdir: str, start_step: int, reevaluate_start: bool) -> dict[str, int]:
+    """Removes from train_metrics.jsonl and eval_metrics.jsonl the rows that a run resuming at
+    ``start_step`` logs again: those of later steps (an earlier attempt got past the checkpoint before it
+    stopped) and, with ``reevaluate_start``, the evaluations of ``start_step`` itself (a run resumed at or
+    past ``num_train_steps`` evaluates its final step again). So every step keeps one row, the one of
+    the attempt that produced the final parameters. A line that is not JSON (cut by a kill while it was
+    written) is removed too. Rewrites each file atomically; returns {file name: rows removed}."""
+    removed = {}
+    for name, keep_start in (("train_metrics.jsonl", True), ("eval_metrics.jsonl", not reevaluate_start)):
+        path = os.path.join(workdir, name)
+        if not fs.exists(path):
+            continue
+        with fs.open(path) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if step < start_step or (step == start_step and keep_start):
+                kept.append(line)
+        if len(kept) < len(lines):
+            fs.write_text_atomic(path, "".join(line + "\n" for line in kept))
+            removed[name] = len(lines) - len(kept)
+    return removed
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written (a full disk, a quota, a lost mount); the message says which
     checkpoints are complete: the same command resumes from the latest of them."""
@@ -860,6 +888,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
         start_step, single = restored
         state = stepper.put_state(single)
         logging.info("Resumed from checkpoint at step %d", start_step)
+        if jax.process_index() == 0:
+            removed = drop_rows_to_relog(workdir, start_step, start_step >= config.num_train_steps)
+            for name, count in removed.items():
+                logging.warning("%s: removed %d row(s) past the checkpoint of step %d (or cut by the stop); this "
+                                "run logs those steps again", name, count, start_step)
 
     def save(step: int, current) -> None:
         if manager.latest_step() == step:

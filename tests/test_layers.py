@@ -281,6 +281,23 @@ def test_additive_attention_matches_numpy():
     np.testing.assert_allclose(np.asarray(agg), np.einsum("bqk,bkd->bqd", ref_w, k), rtol=RTOL, atol=ATOL)
 
 
+def test_l2_normalize_matches_numpy_and_has_finite_gradients_at_zero_rows():
+    x = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
+    x[1, 2] = 0.0  # a padded row
+    x[2, 0] = 1e-9  # a row shorter than eps
+    got = np.asarray(layers.l2_normalize(jnp.asarray(x), eps=1e-6))
+    want = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.linalg.norm(got[0], axis=-1), 1.0, rtol=1e-5)
+    grad = jax.grad(lambda v: jnp.sum(layers.l2_normalize(v) * jnp.arange(5.0)))(jnp.asarray(x))
+    assert np.all(np.isfinite(np.asarray(grad)))
+    # At zero the function is x / eps: its gradient there is 1 / eps along the cotangent.
+    np.testing.assert_allclose(np.asarray(grad)[1, 2], np.arange(5.0) / 1e-6, rtol=1e-5)
+    # jnp.linalg.norm's gradient is NaN at zero: the form the models used before.
+    naive = jax.grad(lambda v: jnp.sum(v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-6)))
+    assert np.isnan(np.asarray(naive(jnp.asarray(x)))[1, 2]).all()
+
+
 def test_masked_log_softmax_matches_numpy_and_handles_empty_rows():
     rng = np.random.default_rng(7)
     logits = rng.normal(size=(3, 4, 7)).astype(np.float32) * 3

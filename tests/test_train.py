@@ -128,6 +128,25 @@ print("RESULT" + json.dumps({"step": int(state.step), "metrics": final["val"],
 """
 
 
+@pytest.mark.parametrize("reevaluate_start", [False, True])
+def test_a_resumed_run_drops_the_rows_it_logs_again(tmp_path, reevaluate_start):
+    """Rows past the checkpoint a run resumes from (the stopped attempt's) are removed, and so is a line cut by a
+    kill; with ``reevaluate_start`` (resumed at the final step) also that step's evaluations."""
+    def write(name, rows, tail=""):
+        with open(tmp_path / name, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows) + tail)
+    train_rows = [{"step": s, "loss": 1.0 / s} for s in (2, 4, 6, 8)]
+    eval_rows = [{"step": s, "split": split, "R@1,IoU=0.5": 1.0} for s in (4, 8) for split in ("val", "test")]
+    write("train_metrics.jsonl", train_rows, tail='{"step": 10, "lo')  # cut while written
+    write("eval_metrics.jsonl", eval_rows)
+    removed = train.drop_rows_to_relog(str(tmp_path), 4, reevaluate_start)
+    assert read_jsonl(tmp_path / "train_metrics.jsonl") == train_rows[:2]
+    assert read_jsonl(tmp_path / "eval_metrics.jsonl") == ([] if reevaluate_start else eval_rows[:2])
+    assert removed == {"train_metrics.jsonl": 3, "eval_metrics.jsonl": 4 if reevaluate_start else 2}
+    assert train.drop_rows_to_relog(str(tmp_path), 4, reevaluate_start) == {}  # nothing more to remove
+    assert train.drop_rows_to_relog(str(tmp_path / "elsewhere"), 4, True) == {}  # no files yet
+
+
 def test_pmap_trains_checkpoints_resumes_and_evaluates(tmp_path):
     """parallelism=pmap end to end on 8 devices (its step's math against one device: tests/test_sharding.py;
     the jit path over a mesh end to end, across two processes: tests/test_multihost.py)."""

@@ -116,6 +116,11 @@ def weighted_mean(x: Array, weights: Array, axis_name: str | None = None) -> Arr
     return total / jnp.maximum(count, 1.0)
 
 
+def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
+    """x / max(|x|, eps) along ``axis``, with finite gradients at x = 0 (padded rows are exactly zero)."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
+
+
 def masked_softmax(logits: Array, mask: Array | None, axis: int = -1) -> Array:
     """Softmax over ``axis`` restricted to positions where ``mask`` is non-zero.
 

@@ -62,7 +62,8 @@ import jax
 import jax.numpy as jnp
 
 from jvmr.models import layers, maps2d
-from jvmr.models.layers import WordEmbedding, constrain, dense, mask_fill, partitioned, sequence_lengths, weighted_mean
+from jvmr.models.layers import (WordEmbedding, constrain, dense, l2_normalize, mask_fill, partitioned, sequence_lengths,
+                                weighted_mean)
 from jvmr.models.spans import MASKED_SCORE, nms_top_k, temporal_iou
 
 Array = jax.Array
@@ -77,11 +78,6 @@ def last_state(states: Array, mask: Array) -> Array:
     """The state at each sequence's last valid step: states [B, L, d], mask [B, L] (prefix) -> [B, d]."""
     last = jnp.maximum(sequence_lengths(mask) - 1, 0)
     return jnp.take_along_axis(states, last[:, None, None], axis=1)[:, 0]
-
-
-def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
-    """x / max(|x|, eps), with finite gradients at x = 0 (masked cells are exactly zero)."""
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
 class MapConvs(nn.Module):

@@ -72,7 +72,7 @@ import jax.numpy as jnp
 
 from jvmr.models import layers
 from jvmr.models.layers import (FeedForward, LearnedPositionalEmbedding, MultiHeadAttention, WordEmbedding,
-                                mask_fill, masked_log_softmax, masked_softmax, weighted_mean)
+                                l2_normalize, mask_fill, masked_log_softmax, masked_softmax, weighted_mean)
 from jvmr.models.spans import MASKED_SCORE, boundary_evidence, boundary_indices, decode_spans, segment_labels
 
 Array = jax.Array
@@ -138,10 +138,6 @@ def attention_pool(logits: Array, x: Array, mask: Array) -> Array:
     return jnp.einsum("btm,bmtd->bmd", weights, x)
 
 
-def l2_normalize(x: Array, axis: int = -1) -> Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), COSINE_EPS)
-
-
 # ----------------------------------------------------------------------------- scores (pure functions)
 
 
@@ -151,7 +147,7 @@ def retrieval_scores(query: Array, context: Array, context_mask: Array) -> Array
     Args: query [Bq, M, d] (q_m); context [Bv, M, T, d] (H_m); context_mask [Bv, T].
     A video with no valid clip scores -1 (the lowest cosine).
     """
-    sims = jnp.einsum("qmd,vmtd->qvmt", l2_normalize(query), l2_normalize(context))
+    sims = jnp.einsum("qmd,vmtd->qvmt", l2_normalize(query, eps=COSINE_EPS), l2_normalize(context, eps=COSINE_EPS))
     sims = jnp.where((context_mask > 0)[None, :, None, :], sims, -1.0)
     return jnp.mean(jnp.max(sims, axis=-1), axis=-1)
 
