@@ -88,6 +88,20 @@ def test_search_matches_brute_force(settings, lengths, layout):
         np.testing.assert_allclose(got["moment_spans"][qi], [[m[2], m[3]] for m in moments], rtol=1e-5)
 
 
+def test_ranking_in_chunks_of_queries_equals_ranking_all_at_once(monkeypatch):
+    """The ranking runs over ``RANK_CHUNK`` queries at a time; the last chunk padded: same moments."""
+    index = make_index(lengths=MANY)
+    rng = np.random.default_rng(4)
+    q, lq = rng.normal(size=(7, M, D)).astype(np.float32), rng.normal(size=(7, M, D)).astype(np.float32)
+    settings = retrieval.SearchSettings(num_videos=6, num_moments=30, alpha=10.0, min_len=2, max_len=5)
+    searcher = retrieval.CorpusSearcher(index, *rng.normal(size=(2, 5)).astype(np.float32), settings)
+    whole = searcher.search(q, lq)
+    monkeypatch.setattr(retrieval, "RANK_CHUNK", 3)  # chunks of 3, 3 and 1 (+ 2 padded) queries
+    chunked = searcher.search(q, lq)
+    for key in whole:
+        np.testing.assert_array_equal(chunked[key], whole[key])
+
+
 def test_localize_in_a_given_video_matches_brute_force():
     index = make_index(2)
     rng = np.random.default_rng(3)
