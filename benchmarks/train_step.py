@@ -169,7 +169,7 @@ def measure(config) -> dict:
         with stepper.context():
             flops_per_step = flops.count_flops(stepper.step_fn, state, device_batch)
             start = time.perf_counter()
-            compiled = stepper._train.lower(state, device_batch).compile()
+            compiled = stepper.lower_train(state, device_batch).compile()
             compile_s = time.perf_counter() - start
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -497,6 +497,11 @@ class Stepper:
             step_metrics = jax.tree.map(lambda x: x[0], step_metrics)
         return state, step_metrics
 
+    def lower_train(self, state, device_batch):
+        """The train step lowered for ``state`` and a batch already laid out by :meth:`put_batch` (for
+        ``.compile()``, its cost analysis and timing; call inside :meth:`context`)."""
+        return self._train.lower(state, device_batch)
+
     def predict(self, state, batch) -> tuple[np.ndarray, np.ndarray]:
         """Candidates of a whole evaluation batch (every process passes the same batch and gets them all)."""
         with self.context():
