@@ -16,7 +16,8 @@ from reference import simulated_devices_xla_flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
-import json, sys
+import faulthandler, json, sys
+faulthandler.dump_traceback_later(500)  # a process stuck in a collective shows where, before its 600 s timeout
 import jax
 from configs import test as test_config
 from jvmr import sharding, train
