@@ -45,10 +45,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import os
 import struct
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -247,21 +248,58 @@ def parse(serialized):
     return out
 
 
-def decode(serialized: bytes, source: str = "<memory>", kind: str = "example") -> Example:
-    """Parses one record back into a validated ``Example`` of ``kind`` (host side: tools, tests, and the
-    diagnosis of a split the input pipeline could not read). ``SchemaError`` names ``source`` (``file: record i``)."""
+def parse_records(serialized: Sequence[bytes]) -> list[dict[str, Any]]:
+    """:func:`parse` of many records with one ``tf.io.parse_example`` call (the pipeline's parser, so the same
+    records are refused), then numpy: the same arrays per record, about 20x faster on the host than
+    :func:`parse` eagerly per record. Raises ``tf.errors.OpError`` when a record is not of the schema and
+    ``ValueError`` naming the record's position when its arrays do not fit their shapes."""
     import tensorflow as tf
-    from google.protobuf.message import DecodeError
+    n = len(serialized)
+    batch = tf.io.parse_example(tf.constant(list(serialized), tf.string), feature_spec())
+    dense, ragged = {}, {}
+    for key, value in batch.items():
+        if isinstance(value, tf.SparseTensor):
+            counts = np.bincount(value.indices.numpy()[:, 0], minlength=n)
+            ragged[key] = np.split(value.values.numpy(), np.cumsum(counts)[:-1])
+        else:
+            dense[key] = value.numpy()
+    out = []
+    for i in range(n):
+        ex: dict[str, Any] = {k: dense[k][i] for k in ("qid", "vid", "duration", "query", "query_type")}
+        ex["tokens"], ex["dep_labels"] = list(ragged["tokens"][i]), list(ragged["dep_labels"][i])
+        ex["dep_heads"] = ragged["dep_heads"][i].astype(np.int32)  # as tf.cast: wraps
+        gt = ragged["gt_spans"][i]
+        if gt.size % 2:
+            raise ValueError(f"record {i}: gt_spans has {gt.size} values, not (start, end) pairs")
+        ex["gt_spans"] = gt.reshape(-1, 2)
+        for name, shape_key in (("video_features", "video_shape"), ("subtitle_features", "subtitle_shape"),
+                                ("query_features", "query_shape")):
+            data, shape = dense[name][i], tuple(int(d) for d in dense[shape_key][i].astype(np.int32))
+            if not data:  # tf.reshape's own rules for an empty tensor (it accepts e.g. [0, -1] and [1, -2])
+                shape = _empty_reshape(shape)
+            if len(data) % 4:
+                raise ValueError(f"record {i}: {name} has {len(data)} bytes, not a float32 array")
+            try:
+                ex[name] = np.frombuffer(data, np.float32).reshape(shape)
+            except ValueError as e:
+                raise ValueError(f"record {i}: {name}: {len(data) // 4} values do not fit the shape "
+                                 f"{list(shape)} ({e})") from None
+        out.append(ex)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_reshape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape ``tf.reshape`` gives an empty tensor for ``shape`` (``ValueError`` when it refuses)."""
+    import tensorflow as tf
     try:
-        tf.train.Example.FromString(serialized)
-    except DecodeError as e:
-        raise SchemaError(f"{source}: not a tf.train.Example ({e})") from None
-    try:
-        ex = {k: v.numpy() for k, v in parse(tf.constant(serialized, tf.string)).items()}
-    except tf.errors.OpError as e:
-        raise SchemaError(f"{source}: not a record of the schema: {first_line(e.message)}") from None
-    except UnicodeDecodeError:  # TensorFlow failing to build the message of a parse error
-        raise SchemaError(f"{source}: not a record of the schema") from None
+        return tuple(tf.reshape(tf.zeros([0], tf.float32), shape).shape)
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(f"no empty array of shape {list(shape)}") from e
+
+
+def _example_from(ex: Mapping[str, Any], source: str, kind: str) -> Example:
+    """A validated ``Example`` from :func:`parse_records`' arrays of one record."""
     try:
         text = {k: ex[k].decode("utf-8") for k in ("qid", "vid", "query", "query_type")}
         tokens = [t.decode("utf-8") for t in ex["tokens"]]
@@ -275,6 +313,31 @@ def decode(serialized: bytes, source: str = "<memory>", kind: str = "example") -
         subtitle_features=sub if sub.size else None, query_features=qf if qf.size else None)
     example.validate(source, kind)
     return example
+
+
+def _check_message(serialized: bytes, source: str) -> None:
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    try:
+        tf.train.Example.FromString(serialized)
+    except DecodeError as e:
+        raise SchemaError(f"{source}: not a tf.train.Example ({e})") from None
+
+
+def decode(serialized: bytes, source: str = "<memory>", kind: str = "example") -> Example:
+    """Parses one record back into a validated ``Example`` of ``kind`` (host side: tools, tests, and the
+    diagnosis of a split the input pipeline could not read). ``SchemaError`` names ``source`` (``file: record i``)."""
+    import tensorflow as tf
+    _check_message(serialized, source)
+    try:
+        ex = parse_records([serialized])[0]
+    except tf.errors.OpError as e:
+        raise SchemaError(f"{source}: not a record of the schema: {first_line(e.message)}") from None
+    except UnicodeDecodeError:  # TensorFlow failing to build the message of a parse error
+        raise SchemaError(f"{source}: not a record of the schema") from None
+    except ValueError as e:
+        raise SchemaError(f"{source}: not a record of the schema: {str(e).removeprefix('record 0: ')}") from None
+    return _example_from(ex, source, kind)
 
 
 def first_line(message: str) -> str:
@@ -366,15 +429,44 @@ def write_split(examples: Iterable[Example], output_dir: str, split: str, num_sh
     return n
 
 
+READ_CHUNK = 256  # records parsed per TensorFlow call by read_split
+
+
 def read_split(data_dir: str, split: str, kind: str = "example") -> Iterator[Example]:
     """Iterates over the validated records of ``kind`` of a split (host side, for tools and tests).
 
     A damaged shard (truncated, or a record whose checksum fails) or a record that is not a valid
     ``Example`` raises ``SchemaError`` naming the shard file and the record's index in it.
     """
+    import tensorflow as tf
     for path in split_files(data_dir, record_set(split, kind)):
-        for i, record in file_records(path):
-            yield decode(record, f"{path}: record {i}", kind)
+        chunk: list[tuple[int, bytes]] = []
+        records = file_records(path)
+        damage = None
+        while True:
+            try:
+                item = next(records, None)
+            except SchemaError as e:  # a damaged file: the records before the damage first, then the error
+                item, damage = None, e
+            if item is not None:
+                chunk.append(item)
+            if chunk and (item is None or len(chunk) == READ_CHUNK):
+                try:
+                    parsed = parse_records([r for _, r in chunk])
+                except (tf.errors.OpError, UnicodeDecodeError, ValueError):
+                    parsed = None  # one of them is not of the schema: decode one by one to name it
+                for j, (i, record) in enumerate(chunk):
+                    source = f"{path}: record {i}"
+                    if parsed is None:
+                        yield decode(record, source, kind)
+                    else:
+                        _check_message(record, source)
+                        yield _example_from(parsed[j], source, kind)
+                chunk = []
+            if damage is not None:
+                raise damage
+            if item is None:
+                break
 
 
 def checked_items(iterator, error: Callable[[int, Exception], Exception]) -> Iterator[tuple[int, Any]]:
