@@ -228,6 +228,34 @@ def test_damaged_shard_names_file_and_record(data_dir, training):
             pass
 
 
+def test_read_split_names_a_record_off_the_schema_inside_a_chunk(tmp_path, monkeypatch):
+    """read_split parses ``READ_CHUNK`` records per TensorFlow call; one record off the schema in a chunk is found
+    by decoding that chunk record by record: the records before it are read, then its index is named."""
+    import tensorflow as tf
+    monkeypatch.setattr(schema, "READ_CHUNK", 3)
+    records = [schema.serialize(make_example(i)) for i in range(7)]
+    bad = tf.train.Example.FromString(records[4])
+    bad.features.feature["video_shape"].int64_list.value[:] = [3, 8]  # 10 x 8 floats stored
+    records[4] = bad.SerializeToString()
+    path = str(tmp_path / "val.tfrecord-00000-of-00001")
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    read = []
+    with pytest.raises(schema.SchemaError, match=f"{path}: record 4: not a record of the schema: video_features: "
+                                                 r"80 values do not fit the shape \[3, 8\]"):
+        for ex in schema.read_split(str(tmp_path), "val"):
+            read.append(ex.qid)
+    assert read == ["q0", "q1", "q2", "q3"]
+    records[4] = schema.serialize(make_example(4))  # intact: every record read, in order, over 3 chunks
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    got = list(schema.read_split(str(tmp_path), "val"))
+    assert [ex.qid for ex in got] == [f"q{i}" for i in range(7)]
+    np.testing.assert_array_equal(got[5].video_features, make_example(5).video_features)
+
+
 def test_shards_cut_at_a_record_boundary_are_caught_by_the_manifest_count(data_dir):
     import json
     with open(f"{data_dir}/manifest.json", "w") as f:
