@@ -28,6 +28,7 @@ config.sharding.model = 2
 config.num_train_steps = steps
 config.checkpoint_every_steps = 4
 config.eval_every_steps = 1000
+config.log_every_steps = 1  # a host sync after every step: one execution in flight (gloo on CPU hung on two)
 config.dataset.eval_splits = ("val",)
 config.dataset.data_dir = root + "/data"
 if num_processes > 1:
@@ -59,17 +60,20 @@ def _launch(root, num_processes, steps, devices_per_process):
         f.seek(0)
         return f.read()
 
+    def errors():  # every process's last error output: a hang shows both sides (faulthandler stacks)
+        return "\n".join(f"--- process {i} ---\n{read(err)[-4000:]}" for i, (_, err) in enumerate(logs))
+
     # A process that fails leaves the others waiting in a collective forever: watch them all, and on the first
-    # failure stop the rest and report the failed one's error instead of waiting for the timeout.
+    # failure stop the rest and report every process's error output instead of waiting for the timeout.
     deadline = time.monotonic() + 900
     try:
         while any(proc.poll() is None for proc in procs):
-            for proc, (_, err) in zip(procs, logs):
-                assert proc.returncode in (None, 0), read(err)[-5000:]
+            for proc in procs:
+                assert proc.returncode in (None, 0), errors()
             assert time.monotonic() < deadline, "the processes did not finish in 900 s"
             time.sleep(0.5)
-        for proc, (_, err) in zip(procs, logs):
-            assert proc.returncode == 0, read(err)[-5000:]
+        for proc in procs:
+            assert proc.returncode == 0, errors()
         return [json.loads(read(out).split("RESULT")[-1]) for out, _ in logs]
     finally:
         for proc in procs:
@@ -95,7 +99,7 @@ def test_two_processes_train_checkpoint_resume_and_agree_with_one(tmp_path):
     assert [r["step"] for r in resumed] == [6, 6]
     assert resumed[0]["metrics"] == resumed[1]["metrics"]
     # Only process 0 writes the logs; the second command resumed at step 4 instead of starting over.
-    assert _logged_steps(tmp_path / "run" / "train_metrics.jsonl") == [2, 4, 6]
+    assert _logged_steps(tmp_path / "run" / "train_metrics.jsonl") == [1, 2, 3, 4, 5, 6]
     assert sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit()) == [4, 6]
 
     # One process with all 8 devices restores the two processes' final checkpoint and evaluates it.
