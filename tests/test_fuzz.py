@@ -373,7 +373,11 @@ def _check_recall_metrics(result, num_gt):
             count = value * num_gt / 100
             assert abs(count - round(count)) < 1e-6 * num_gt, (key, value, num_gt)
             recall[int(match.group(1)), float(match.group(2))] = value
-    assert recall and 0 <= result["mIoU"] <= 100, result
+    assert recall, result
+    miou = result["mIoU"]
+    for (k, t), r in recall.items():  # top-1 IoUs: r% of the queries at >= t (or > t), the rest below t
+        if k == 1:
+            assert t * r - 0.02 <= miou <= r + t * (100 - r) + 0.02, (t, r, miou)
     for (k, t), value in recall.items():
         for (k2, t2), other in recall.items():
             if k2 >= k and t2 <= t:
